@@ -1,0 +1,52 @@
+# The project's entry points. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := $(CURDIR)/.venv
+export PATH := $(VENV)/bin:$(PATH)
+# Podman reads only the project's own settings (runc, ulimits).
+export CONTAINERS_CONF := $(CURDIR)/images/containers.conf
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export MOLECULE_GLOB := molecule/*/molecule.yml
+# Scenarios that run in `make test` (the ec2 one needs an AWS account).
+SCENARIOS ?= default
+
+.PHONY: help venv images test lint unit molecule sandbox sandbox-destroy constraints
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+venv: $(VENV)/.installed ## create the pinned controller toolchain in .venv
+
+$(VENV)/.installed: requirements.txt constraints.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt -c constraints.txt
+	touch $@
+
+constraints: ## re-pin constraints.txt from a fresh venv built from requirements.txt
+	rm -rf $(VENV)-pin && python3 -m venv $(VENV)-pin
+	$(VENV)-pin/bin/pip install --quiet -r requirements.txt
+	{ sed -n '1,2p' constraints.txt; $(VENV)-pin/bin/pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf $(VENV)-pin
+
+images: ## build the EC2-like Debian 12/13 test host images (if their recipe changed)
+	images/build
+
+test: lint unit molecule ## everything CI runs: lint, unit tests, Molecule scenarios
+
+lint: venv ## yamllint and ansible-lint (production profile)
+	yamllint --strict .
+	ansible-lint --strict
+
+unit: venv ## fast controller-side tests (input validation, inventories, AWS playbooks against moto)
+	pytest -q tests
+
+molecule: venv images ## the Molecule scenarios on EC2-like containers
+	@for s in $(SCENARIOS); do molecule test -s $$s || exit 1; done
+
+sandbox: venv images ## bring up a local EC2-like host running the whole stack
+	scripts/sandbox up
+
+sandbox-destroy: ## remove the sandbox host
+	scripts/sandbox down
