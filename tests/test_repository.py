@@ -1,0 +1,31 @@
+"""Properties of the repository itself: layout users rely on, no clear-text secrets."""
+import subprocess
+
+from conftest import ROOT, ansible
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return out.splitlines()
+
+
+def test_every_vault_file_is_encrypted():
+    vaults = [f for f in tracked_files() if "vault" in f.rsplit("/", 1)[-1] and f.endswith((".yml", ".yaml"))]
+    for path in vaults:
+        assert (ROOT / path).read_text().startswith("$ANSIBLE_VAULT;"), f"{path} is not vault-encrypted"
+
+
+def test_group_vars_load_with_every_inventory():
+    # Ansible reads group_vars beside the inventory and beside the playbook;
+    # playbooks/group_vars links the top-level group_vars for every inventory.
+    for inventory in ["inventories/sandbox/hosts.yml", "inventories/static/hosts.yml", "tests/preflight_inventory.yml"]:
+        result = ansible(["ansible-inventory", "-i", inventory, "--playbook-dir", "playbooks", "--list", "--export"])
+        assert result.returncode == 0, result.stderr
+        assert '"hardening_firewall_allow"' in result.stdout, inventory
+
+
+def test_roles_have_specs_defaults_and_docs():
+    for role in (ROOT / "roles").iterdir():
+        for part in ["meta/argument_specs.yml", "meta/main.yml", "defaults/main.yml", "tasks/main.yml", "README.md"]:
+            assert (role / part).is_file(), f"{role.name} lacks {part}"
