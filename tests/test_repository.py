@@ -21,7 +21,7 @@ def test_group_vars_load_with_every_inventory():
     # playbooks/group_vars links the top-level group_vars for every inventory.
     for inventory in ["inventories/sandbox/hosts.yml", "inventories/static/hosts.yml", "tests/preflight_inventory.yml"]:
         result = ansible(["ansible-inventory", "-i", inventory, "--playbook-dir", "playbooks", "--list", "--export"])
-        assert result.returncode == 0, result.stderr
+        assert result.returncode == 0, result.stdout
         assert '"hardening_firewall_allow"' in result.stdout, inventory
 
 

@@ -1,0 +1,78 @@
+"""Shared fixtures for the default scenario's testinfra checks.
+
+Hosts are addressed as podman://NAME (testinfra runs `podman exec` directly,
+which is much faster than going through Ansible for every check). Checks that
+a user would make from outside (SSH logins, HTTPS requests) run on the
+controller against the container's address on podman's network.
+"""
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SCENARIO_HOSTS = ["debian12", "debian13"]
+
+
+def pytest_generate_tests(metafunc):
+    # Every test that takes `host` runs once per platform of the scenario.
+    if "host" in metafunc.fixturenames and not hasattr(metafunc.module, "testinfra_hosts"):
+        metafunc.module.testinfra_hosts = [f"podman://{name}" for name in SCENARIO_HOSTS]
+
+
+@pytest.fixture(scope="session")
+def ephemeral_dir() -> Path:
+    """Where prepare.yml left this run's generated key and secrets."""
+    path = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
+    if not path:
+        pytest.fail("MOLECULE_EPHEMERAL_DIRECTORY is not set: run the checks through `molecule verify`")
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def admin_key(ephemeral_dir) -> Path:
+    return ephemeral_dir / "id_ed25519"
+
+
+@pytest.fixture
+def host_name(host) -> str:
+    return host.backend.name
+
+
+@pytest.fixture
+def host_ip(host_name) -> str:
+    """The container's address on podman's network: the project's own test host."""
+    out = subprocess.run(
+        ["podman", "inspect", "--format", "{{.NetworkSettings.IPAddress}}", host_name],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    assert out, f"{host_name} has no address on podman's network"
+    return out
+
+
+def ssh(key: Path, user: str, ip: str, *args: str, timeout: int = 30) -> subprocess.CompletedProcess:
+    """Run the system ssh client against a test host, as a user would."""
+    cmd = [
+        "ssh", "-i", str(key),
+        "-o", "BatchMode=yes",
+        "-o", "IdentitiesOnly=yes",
+        "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "ConnectTimeout=10",
+        f"{user}@{ip}", *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def run_playbook(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the scenario's converge playbook again, with Molecule's inventory and config."""
+    scenario_dir = Path(__file__).resolve().parent.parent
+    cmd = [
+        "ansible-playbook",
+        "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+        str(scenario_dir / "converge.yml"),
+        *args,
+    ]
+    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
+    # Errors go to stderr, the recap to stdout: keep both, in order.
+    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout, env=env)
