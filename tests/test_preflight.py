@@ -6,7 +6,12 @@ import pytest
 from conftest import ansible
 
 GOOD_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq7zTlQ3bEdq5xYw0cYt8yW1Zk6mXh1aQx3bB2cD4eF test@example"
-VALID = {"hardening_admin_authorized_keys": [GOOD_KEY]}
+# Test-only values, good enough to pass every check.
+VALID = {
+    "hardening_admin_authorized_keys": [GOOD_KEY],
+    "vault_mlflow_admin_password": "correct-horse-battery-staple",
+    "vault_mlflow_secret_key": "x" * 40,
+}
 
 
 def preflight(extra: dict):
@@ -35,6 +40,19 @@ def test_valid_input_passes():
     ({"hardening_firewall_allow": [{"port": 443}]}, "hardening_firewall_allow"),
     ({"hardening_admin_user": "root"}, "hardening_admin_user: 'root' is not a valid non-root user name"),
     ({"hardening_ssh_allow_tcp_forwarding": "yes"}, "hardening_ssh_allow_tcp_forwarding"),
+    ({"vault_mlflow_admin_password": "password1234"}, "mlflow_auth_admin_password"),
+    ({"vault_mlflow_admin_password": "short-pass"}, "mlflow_auth_admin_password"),
+    ({"vault_mlflow_admin_password": ""}, "mlflow_auth_admin_password"),
+    ({"mlflow_auth_users": [{"name": "bob", "password": "password1234"}]}, "mlflow_auth_users"),
+    ({"mlflow_auth_default_permission": "ALL"}, "mlflow_auth_default_permission"),
+    ({"vault_mlflow_secret_key": "short"}, "mlflow_service_secret_key"),
+    ({"mlflow_service_artifacts_mode": "s3", "aws_profile_mode": "instance_role",
+      "aws_profile_region": "eu-west-1"}, "mlflow_service_s3_bucket"),
+    ({"mlflow_service_backend_store_uri": "sqlite:///mlflow.db"}, "mlflow_service_backend_store_uri"),
+    ({"aws_profile_mode": "static_keys", "aws_profile_region": "eu-west-1"}, "aws_profile_access_key_id"),
+    ({"aws_profile_mode": "instance_role"}, "aws_profile_region"),
+    ({"mlflow_venv_version": ">=3"}, "mlflow_venv_version"),
+    ({"mlflow_proxy_tls_mode": "provided"}, "mlflow_proxy_tls_cert"),
 ])
 def test_bad_input_is_refused(extra, message):
     result = preflight(extra)

@@ -14,6 +14,22 @@ import pytest
 SCENARIO_HOSTS = ["debian12", "debian13"]
 
 
+def _export_generated_passwords() -> None:
+    """The passwords the scenario converged with (molecule.yml generates them
+    with the password lookup into the ephemeral directory)."""
+    ephemeral = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
+    if not ephemeral:
+        return
+    for var, name in [("MLFLOW_TEST_ADMIN_PASSWORD", "admin_password"),
+                      ("MLFLOW_TEST_READER_PASSWORD", "reader_password")]:
+        path = Path(ephemeral) / name
+        if path.is_file():
+            os.environ[var] = path.read_text().split()[0]
+
+
+_export_generated_passwords()
+
+
 def pytest_generate_tests(metafunc):
     # Every test that takes `host` runs once per platform of the scenario.
     if "host" in metafunc.fixturenames and not hasattr(metafunc.module, "testinfra_hosts"):
@@ -34,7 +50,7 @@ def admin_key(ephemeral_dir) -> Path:
     return ephemeral_dir / "id_ed25519"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def host_name(host) -> str:
     return host.backend.name
 
@@ -42,11 +58,15 @@ def host_name(host) -> str:
 @pytest.fixture
 def host_ip(host_name) -> str:
     """The container's address on podman's network: the project's own test host."""
+    return ip_of(host_name)
+
+
+def ip_of(name: str) -> str:
     out = subprocess.run(
-        ["podman", "inspect", "--format", "{{.NetworkSettings.IPAddress}}", host_name],
+        ["podman", "inspect", "--format", "{{.NetworkSettings.IPAddress}}", name],
         check=True, capture_output=True, text=True,
     ).stdout.strip()
-    assert out, f"{host_name} has no address on podman's network"
+    assert out, f"{name} has no address on podman's network"
     return out
 
 

@@ -4,8 +4,12 @@ import re
 from conftest import run_playbook, ssh
 
 ADMIN = "deploy"
+# SSH from the role, HTTPS and the redirect from group_vars/all (proof that
+# the top-level group_vars reach Molecule's run of site.yml).
 EXPECTED_RULES = {
     "ufw limit 22/tcp comment 'ssh'",
+    "ufw allow 443/tcp comment 'mlflow https'",
+    "ufw allow 80/tcp comment 'mlflow http redirect'",
 }
 
 
