@@ -1,8 +1,7 @@
 """What a user observes of the MLflow service (roles mlflow_venv, mlflow_service, aws_profile).
 
-Hosts come from the Molecule inventory (group mlflow_servers) and are reached
-with `podman exec` (podman://NAME), which is much faster than testinfra's
-ansible backend.
+Hosts are the scenario's MLflow hosts (conftest.py), reached with `podman
+exec` (podman://NAME), which is much faster than testinfra's ansible backend.
 """
 
 import json
@@ -11,7 +10,6 @@ import re
 import shlex
 
 import pytest
-import yaml
 
 EXPECTED_VERSION = os.environ.get("MLFLOW_EXPECTED_VERSION", "3.17.2")
 UNIT = "mlflow.service"
@@ -19,29 +17,6 @@ BASE = "http://127.0.0.1:5000"
 MAX_EXPOSURE = 3.0
 
 
-def _hosts():
-    path = os.environ.get("MOLECULE_INVENTORY_FILE")
-    if path and os.path.exists(path):
-        with open(path) as f:
-            inventory = yaml.safe_load(f) or {}
-        names = []
-
-        def walk(group):
-            names.extend((group.get("hosts") or {}).keys())
-            for child in (group.get("children") or {}).values():
-                walk(child or {})
-
-        for name, group in inventory.items():
-            if name == "mlflow_servers":
-                walk(group or {})
-            elif isinstance(group, dict) and "mlflow_servers" in (group.get("children") or {}):
-                walk(group["children"]["mlflow_servers"] or {})
-        if names:
-            return [f"podman://{n}" for n in sorted(set(names))]
-    return ["podman://debian12", "podman://debian13"]
-
-
-testinfra_hosts = _hosts()
 
 # Runs on the host: an HTTP request to the local server, printing status and body as JSON.
 HTTP = r"""
