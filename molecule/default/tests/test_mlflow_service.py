@@ -145,8 +145,11 @@ def test_venv_has_the_pinned_version(host):
     version = host.check_output(
         "/opt/mlflow/venv/bin/python -c 'import importlib.metadata as m; print(m.version(\"mlflow\"))'")
     assert version == EXPECTED_VERSION
-    venv = host.file("/opt/mlflow/venv")
-    assert venv.user == "root" and not venv.mode & 0o022
+    # The unit runs the venv through a link to the active build (mlflow_venv).
+    link = host.file("/opt/mlflow/venv")
+    assert link.is_symlink and link.linked_to.startswith("/opt/mlflow/venvs/")
+    venv = host.file(link.linked_to)
+    assert venv.is_directory and venv.user == "root" and not venv.mode & 0o022
 
 
 def test_sandbox_exposure(host):
