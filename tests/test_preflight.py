@@ -29,6 +29,12 @@ def test_valid_input_passes():
     assert "failed=0" in result.stdout
 
 
+def test_cron_schedules_with_ranges_lists_steps_and_names_pass():
+    result = preflight({"mlflow_backup_schedule": "0 */6 1,15 jan-jun mon-fri", "mlflow_gc_schedule": "30 4 * * 7",
+                        "mlflow_backup_destination": "s3", "mlflow_backup_s3_bucket": "backups.example-1"})
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
 @pytest.mark.parametrize("extra, message", [
     ({"hardening_admin_authorized_keys": []}, "hardening_admin_authorized_keys must list at least one public SSH key"),
     ({"hardening_admin_authorized_keys": ["not a key"]}, "hardening_admin_authorized_keys must list at least one public SSH key"),
@@ -53,6 +59,16 @@ def test_valid_input_passes():
     ({"aws_profile_mode": "instance_role"}, "aws_profile_region"),
     ({"mlflow_venv_version": ">=3"}, "mlflow_venv_version"),
     ({"mlflow_proxy_tls_mode": "provided"}, "mlflow_proxy_tls_cert"),
+    ({"mlflow_backup_retention": 0}, "mlflow_backup_retention: 0 must be at least 1"),
+    ({"mlflow_backup_schedule": "61 2 * * *"}, "mlflow_backup_schedule: '61 2 * * *' is not a cron schedule"),
+    ({"mlflow_backup_schedule": "every night"}, "mlflow_backup_schedule: 'every night' is not a cron schedule"),
+    ({"mlflow_backup_schedule": "15 2 * * mon-xyz"}, "mlflow_backup_schedule: '15 2 * * mon-xyz' is not a cron schedule"),
+    ({"mlflow_backup_destination": "s3", "mlflow_backup_s3_bucket": ""},
+     "mlflow_backup_s3_bucket: '' is missing or not an S3 bucket name"),
+    ({"mlflow_backup_host_name": "web 1"}, "mlflow_backup_host_name: 'web 1' must be"),
+    ({"mlflow_gc_older_than_days": 0}, "mlflow_gc_older_than_days: 0 must be at least 1"),
+    ({"mlflow_gc_schedule": "*/0 * * * *"}, "mlflow_gc_schedule: '*/0 * * * *' is not a cron schedule"),
+    ({"mlflow_gc_schedule": "0 3 * *"}, "mlflow_gc_schedule: '0 3 * *' is not a cron schedule"),
 ])
 def test_bad_input_is_refused(extra, message):
     result = preflight(extra)

@@ -1,0 +1,252 @@
+"""Scheduled backups (mlflow_backup role) and the restore playbook, as an
+operator sees them: the cron job's own command run as the service user,
+archives on disk and in the bucket, the lock, retention, a failed upload, and
+a restore after the databases are destroyed while clients keep logging."""
+import hashlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+import testinfra
+
+from conftest import ip_of
+from test_persistence import LOG_RUN, READ_RUN, client_env
+
+pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+
+BUCKET = "mlflow-test-artifacts"
+BACKUP_PREFIX = "team-a/backups"
+RETENTION = 3
+LOCAL_DIR = "/var/lib/mlflow/backups"
+STATE_DIR = "/var/lib/mlflow-backup"
+STATUS_FILE = f"{STATE_DIR}/last-success"
+S3 = testinfra.get_host("podman://s3")
+
+# The exit codes mlflow-backup documents.
+EXIT_S3, EXIT_LOCKED = 4, 75
+
+
+def cron_command(host, name: str) -> str:
+    """The command part of the service user's cron entry `name`."""
+    crontab = host.check_output("crontab -l -u mlflow")
+    lines = crontab.splitlines()
+    index = lines.index(f"#Ansible: {name}")
+    return lines[index + 1].split(None, 5)[5]
+
+
+def run_as_mlflow(host, command: str):
+    return host.run(f"runuser -u mlflow -- sh -c {shlex.quote(command)}")
+
+
+def s3_keys(prefix: str) -> list[str]:
+    code = ("import boto3; s3 = boto3.client('s3', endpoint_url='http://127.0.0.1:9000', region_name='us-east-1', "
+            "aws_access_key_id='t', aws_secret_access_key='t'); "
+            f"print('\\n'.join(o['Key'] for o in s3.list_objects_v2(Bucket='{BUCKET}', Prefix='{prefix}')"
+            ".get('Contents', [])))")
+    return S3.check_output(f"/opt/moto/bin/python -c {shlex.quote(code)}").split()
+
+
+def host_backups_local(host, host_name: str) -> list[str]:
+    out = host.check_output(f"ls -1 {LOCAL_DIR}")
+    return sorted(n for n in out.split() if re.match(rf"^mlflow-backup-{host_name}-\d{{8}}T\d{{6}}Z\.tar\.gz$", n))
+
+
+def host_backups_s3(host_name: str) -> list[str]:
+    names = [k.rsplit("/", 1)[-1] for k in s3_keys(f"{BACKUP_PREFIX}/mlflow-backup-{host_name}-")]
+    return sorted(n for n in names if re.match(rf"^mlflow-backup-{host_name}-\d{{8}}T\d{{6}}Z\.tar\.gz$", n))
+
+
+def db_rows(host, db: str, query: str) -> set[str]:
+    code = (f"import sqlite3; c = sqlite3.connect('file:/var/lib/mlflow/{db}?mode=ro', uri=True, timeout=60); "
+            f"print('\\n'.join(str(r[0]) for r in c.execute({query!r})))")
+    return set(host.check_output(f"/opt/mlflow/venv/bin/python -c {shlex.quote(code)}").split())
+
+
+def test_cron_entries_run_as_the_service_user(host):
+    crontab = host.check_output("crontab -l -u mlflow")
+    assert re.search(r"^15 2 \* \* \* /usr/local/sbin/mlflow-backup create --quiet$", crontab, re.M), crontab
+    assert re.search(r"^45 3 \* \* \* /usr/local/sbin/mlflow-gc --quiet$", crontab, re.M), crontab
+    assert host.run("crontab -l -u root").stdout.count("mlflow-") == 0
+    assert host.service("cron").is_running and host.service("cron").is_enabled
+    # Settings without secrets, readable by the service user only (and root).
+    settings = host.file("/etc/mlflow/backup.json")
+    assert (settings.user, settings.group, settings.mode) == ("root", "mlflow", 0o640)
+    content = settings.content_string
+    assert "sqlite:" not in content and os.environ["MLFLOW_TEST_ADMIN_PASSWORD"] not in content
+    assert json.loads(content)["destination"] == "s3"
+
+
+def test_scheduled_job_writes_archive_and_checksum_locally_and_to_the_bucket(host, host_name):
+    before = host.file(STATUS_FILE).content_string if host.file(STATUS_FILE).exists else ""
+    result = run_as_mlflow(host, cron_command(host, "mlflow-backup"))
+    assert result.rc == 0, result.stderr
+    newest = host_backups_local(host, host_name)[-1]
+    assert newest not in before
+    archive = host.file(f"{LOCAL_DIR}/{newest}")
+    assert (archive.user, archive.mode) == ("mlflow", 0o600)
+    assert (host.file(LOCAL_DIR).user, host.file(LOCAL_DIR).mode) == ("mlflow", 0o700)
+    # A checksum file in sha256sum's own format, and both databases inside.
+    assert host.run(f"cd {LOCAL_DIR} && sha256sum --check --status {newest}.sha256").rc == 0
+    members = host.check_output(f"tar -tzf {LOCAL_DIR}/{newest}").split()
+    assert sorted(members) == ["auth.db", "manifest.json", "tracking.db"]
+    assert host.run(f"/usr/local/sbin/mlflow-backup verify {LOCAL_DIR}/{newest}").rc == 0
+    # Uploaded beside its checksum.
+    keys = s3_keys(f"{BACKUP_PREFIX}/{newest}")
+    assert sorted(keys) == [f"{BACKUP_PREFIX}/{newest}", f"{BACKUP_PREFIX}/{newest}.sha256"]
+    # The last-success file: world-readable, names this backup.
+    status = host.file(STATUS_FILE)
+    assert status.mode == 0o644 and host.file(STATE_DIR).mode == 0o755
+    assert f"archive={newest}" in status.content_string
+    assert host.run(f"runuser -u nobody -- cat {STATUS_FILE}").rc == 0
+    # Logged to the journal.
+    journal = host.check_output("journalctl -t mlflow-backup --since -5min --no-pager -o cat")
+    assert f"uploaded {newest}" in journal
+
+
+def test_second_run_is_refused_while_one_holds_the_lock(host):
+    command = cron_command(host, "mlflow-backup")
+    holder = run_as_mlflow(host, f"flock {STATE_DIR}/lock sleep 20 >/dev/null 2>&1 & sleep 1; {command}; echo rc=$?")
+    assert "rc=75" in holder.stdout, holder.stdout + holder.stderr
+    assert "another mlflow-backup run holds" in holder.stderr
+    # Released again: the next run works.
+    time.sleep(20)
+    assert run_as_mlflow(host, command).rc == 0
+
+
+def test_retention_prunes_locally_and_in_the_bucket(host, host_name):
+    command = cron_command(host, "mlflow-backup")
+    for _ in range(RETENTION + 1):
+        assert run_as_mlflow(host, command).rc == 0
+    local, remote = host_backups_local(host, host_name), host_backups_s3(host_name)
+    assert len(local) == RETENTION, local
+    assert remote == local, (remote, local)
+    checksums = [k for k in s3_keys(f"{BACKUP_PREFIX}/mlflow-backup-{host_name}-") if k.endswith(".sha256")]
+    assert len([k for k in checksums if re.search(r"\d{8}T\d{6}Z\.tar\.gz\.sha256$", k)]) == RETENTION
+
+
+def test_failed_upload_keeps_local_copy_and_reports_failure(host, host_name):
+    s3_ip = ip_of("s3")
+    rule = f"OUTPUT -p tcp -d {s3_ip} --dport 9000 -j REJECT --reject-with tcp-reset"
+    status_before = host.file(STATUS_FILE).content_string
+    remote_before = host_backups_s3(host_name)
+    host.run_expect([0], f"iptables -I {rule}")
+    try:
+        result = run_as_mlflow(host, cron_command(host, "mlflow-backup"))
+    finally:
+        host.run_expect([0], f"iptables -D {rule}")
+    assert result.rc == EXIT_S3, (result.rc, result.stderr)
+    assert "the local copy" in result.stderr and "is kept" in result.stderr
+    newest = host_backups_local(host, host_name)[-1]
+    assert newest not in remote_before
+    assert host.run(f"/usr/local/sbin/mlflow-backup verify {LOCAL_DIR}/{newest}").rc == 0
+    assert host.file(STATUS_FILE).content_string == status_before
+    assert host_backups_s3(host_name) == remote_before
+    journal = host.check_output("journalctl -t mlflow-backup -p err --since -5min --no-pager -o cat")
+    assert f"upload of {newest}" in journal
+
+
+# --- restore ---------------------------------------------------------------------------------
+LOAD_CLIENT = """
+import os, sys, mlflow
+mlflow.set_experiment("restore-load")
+stop = sys.argv[1]
+while not os.path.exists(stop):
+    with mlflow.start_run() as run:
+        mlflow.log_param("p", "1")
+        mlflow.log_metric("m", 1.0)
+    print(run.info.run_id, flush=True)
+"""
+
+
+def api(ip: str, method: str, path: str, auth, **kwargs):
+    return requests.request(method, f"https://{ip}{path}", auth=auth, verify=False, timeout=60, **kwargs)
+
+
+def run_restore(*args: str) -> subprocess.CompletedProcess:
+    playbook = Path(__file__).resolve().parents[3] / "playbooks" / "restore.yml"
+    cmd = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(playbook), *args]
+    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
+    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900, env=env)
+
+
+def test_restore_after_the_databases_are_destroyed(host, host_name, tmp_path):
+    ip = ip_of(host_name)
+    password = os.environ["MLFLOW_TEST_ADMIN_PASSWORD"]
+    admin = ("admin", password)
+    # A user and a run with an artifact that exist before the backup.
+    probe_user, probe_password = f"probe-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+    assert api(ip, "POST", "/api/2.0/mlflow/users/create", admin,
+               json={"username": probe_user, "password": probe_password}).status_code == 200
+    payload = os.urandom(256 * 1024)
+    (tmp_path / "model.bin").write_bytes(payload)
+    out = subprocess.run([sys.executable, "-c", LOG_RUN.format(tag=f"restore-{host_name}", path=tmp_path / "model.bin")],
+                         env=client_env(ip, password), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    artifact_run = out.stdout.splitlines()[-1].split()[0]
+
+    # Several clients keep logging runs while the backup is taken.
+    stop = tmp_path / "stop"
+    clients = []
+    try:
+        for _ in range(3):
+            clients.append(subprocess.Popen([sys.executable, "-c", LOAD_CLIENT, str(stop)], env=client_env(ip, password),
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            time.sleep(8)  # the first one creates the experiment
+        time.sleep(5)
+        runs_before = db_rows(host, "mlflow.db", "SELECT run_uuid FROM runs")
+        users_before = db_rows(host, "auth.db", "SELECT username FROM users")
+        backup = run_as_mlflow(host, cron_command(host, "mlflow-backup"))
+        time.sleep(5)
+    finally:
+        stop.touch()
+        results = [c.communicate(timeout=180) for c in clients]
+    assert backup.rc == 0, backup.stderr
+    for client, (stdout, stderr) in zip(clients, results):
+        assert client.returncode == 0, stderr[-2000:]
+    logged = {line.split()[0] for stdout, _ in results for line in stdout.splitlines() if line.strip()}
+    runs_after_backup = db_rows(host, "mlflow.db", "SELECT run_uuid FROM runs")
+    # The clients really wrote during the backup window: before, during and after it.
+    assert logged & runs_before and logged - runs_before, "the load clients did not overlap the backup"
+    assert artifact_run in runs_before and probe_user in users_before
+
+    # Destroy both databases and every local archive: the restore must fetch
+    # the newest backup from the bucket.
+    host.run_expect([0], "systemctl stop mlflow")
+    host.run_expect([0], f"rm -f /var/lib/mlflow/mlflow.db /var/lib/mlflow/auth.db {LOCAL_DIR}/mlflow-backup-*")
+    assert not host.file("/var/lib/mlflow/mlflow.db").exists and not host.file("/var/lib/mlflow/auth.db").exists
+
+    restored = run_restore("--limit", host_name)
+    assert restored.returncode == 0, restored.stdout[-4000:]
+    assert password not in restored.stdout
+    newest = host_backups_s3(host_name)[-1]
+    journal = host.check_output("journalctl -t mlflow-backup --since -10min --no-pager -o cat")
+    assert f"downloaded {newest}" in journal and f"verified {newest}" in journal
+    runs_restored = db_rows(host, "mlflow.db", "SELECT run_uuid FROM runs")
+    users_restored = db_rows(host, "auth.db", "SELECT username FROM users")
+    # Zero lost: every run and user that existed when the backup started; and
+    # nothing that never existed.
+    assert runs_before <= runs_restored, f"lost runs: {sorted(runs_before - runs_restored)[:10]}"
+    assert runs_restored <= runs_after_backup
+    assert users_before == users_restored
+    for db in ("mlflow.db", "auth.db"):
+        restored_file = host.file(f"/var/lib/mlflow/{db}")
+        assert (restored_file.user, restored_file.group) == ("mlflow", "mlflow")
+    # Logins work as before (a new password is checked, not a cached one).
+    assert api(ip, "GET", "/api/2.0/mlflow/experiments/search?max_results=1", (probe_user, probe_password)).status_code == 200
+    assert api(ip, "GET", "/api/2.0/mlflow/experiments/search?max_results=1", admin).status_code == 200
+    reader = ("reader", os.environ["MLFLOW_TEST_READER_PASSWORD"])
+    assert api(ip, "GET", "/api/2.0/mlflow/experiments/search?max_results=1", reader).status_code == 200
+    assert api(ip, "GET", "/api/2.0/mlflow/experiments/search?max_results=1", (probe_user, "wrong-password-123")).status_code == 401
+    # The artifact still downloads, byte for byte.
+    read = subprocess.run([sys.executable, "-c", READ_RUN.format(run_id=artifact_run)], env=client_env(ip, password),
+                          capture_output=True, text=True, timeout=300)
+    assert read.returncode == 0, read.stderr[-3000:]
+    assert read.stdout.splitlines()[-1] == hashlib.sha256(payload).hexdigest()
