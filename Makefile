@@ -9,7 +9,7 @@ export CONTAINERS_CONF := $(CURDIR)/images/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export MOLECULE_GLOB := molecule/*/molecule.yml
 # Scenarios that run in `make test` (the ec2 one needs an AWS account).
-SCENARIOS ?= default
+SCENARIOS ?= default upgrade postgresql
 
 .PHONY: help venv images test lint unit molecule sandbox sandbox-destroy constraints
 
