@@ -237,8 +237,11 @@ def test_primary_listens_for_its_client_on_5432_only():
 # --- The database password ------------------------------------------------------------------
 
 def password_forms() -> list[str]:
+    """The password as written anywhere: raw, URL-encoded in a URI, and
+    URL-encoded with each % doubled in the auth ini (configparser syntax)."""
     raw = secret("database_password")
-    return [raw, urllib.parse.quote(raw, safe="")]
+    encoded = urllib.parse.quote(raw, safe="")
+    return [raw, encoded, encoded.replace("%", "%%")]
 
 
 def test_database_password_only_in_private_files(host):
