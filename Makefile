@@ -43,7 +43,11 @@ unit: venv ## fast controller-side tests (input validation, inventories, AWS pla
 	pytest -q tests
 
 molecule: venv images ## the Molecule scenarios on EC2-like containers
-	@for s in $(SCENARIOS); do molecule test -s $$s || exit 1; done
+	@for s in $(SCENARIOS); do \
+	  start=$$(date +%s); molecule test -s $$s; rc=$$?; \
+	  echo "scenario $$s: exit $$rc after $$(( $$(date +%s) - start )) s"; \
+	  [ $$rc -eq 0 ] || exit 1; \
+	done
 
 sandbox: venv images ## bring up a local EC2-like host running the whole stack
 	scripts/sandbox up
