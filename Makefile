@@ -40,7 +40,7 @@ lint: venv ## yamllint and ansible-lint (production profile)
 	ansible-lint --strict
 
 unit: venv ## fast controller-side tests (input validation, inventories, AWS playbooks against moto)
-	pytest -q tests
+	pytest -q -n 2 --dist loadfile tests
 
 molecule: venv images ## the Molecule scenarios on EC2-like containers
 	@for s in $(SCENARIOS); do \
