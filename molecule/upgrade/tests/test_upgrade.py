@@ -16,6 +16,10 @@ from upgrade_data import snapshot
 CURRENT = "3.17.2"
 OLD = "3.16.1"
 BUILDS = "/opt/mlflow/venvs"
+# The failure cases run what an operator runs to change the version: the
+# venv and the service roles (preflight always runs). The last check runs
+# the whole site.
+UPGRADE_TAGS = ("--tags", "mlflow_venv,mlflow_service")
 
 
 def _version(uri, password):
@@ -112,7 +116,7 @@ def test_a_venv_that_cannot_be_built_stops_nothing(host, mlflow_uri, admin_passw
     pid = _main_pid(host)
     link = host.file("/opt/mlflow/venv").linked_to
     # mlflow[auth]==3.17.2 pins mlflow-skinny==3.17.2: unsatisfiable.
-    result = run_playbook(extra_vars={"mlflow_venv_extra_packages": [f"mlflow-skinny=={OLD}"]})
+    result = run_playbook(*UPGRADE_TAGS, extra_vars={"mlflow_venv_extra_packages": [f"mlflow-skinny=={OLD}"]})
     assert result.returncode != 0
     assert "Nothing was stopped or switched: the MLflow server keeps running from " + link in result.stdout, result.stdout[-4000:]
     assert _recap(result.stdout)["failed"] == 1
@@ -131,7 +135,7 @@ def test_index_credentials_stay_out_of_the_output_and_in_root_only_files(host, m
     # requirement set that needs it: the build fails, the server keeps running.
     url = f"http://builder:{token}@127.0.0.1:9/simple"
     pid = _main_pid(host)
-    result = run_playbook(extra_vars={"mlflow_venv_index_url": url, "mlflow_venv_extra_packages": ["six"]})
+    result = run_playbook(*UPGRADE_TAGS, extra_vars={"mlflow_venv_index_url": url, "mlflow_venv_extra_packages": ["six"]})
     assert result.returncode != 0
     assert "Nothing was stopped or switched" in result.stdout, result.stdout[-4000:]
     assert token not in result.stdout
@@ -165,7 +169,7 @@ def broken_start(host):
     # from its cache, so an in-place edit would break every build sharing it.
     host.run_expect([0], f"for f in {new_build}/lib/python3*/site-packages/uvicorn/__init__.py; do rm -f $f && "
                          f"echo 'raise RuntimeError(\"uvicorn broken on purpose by the upgrade test\")' > $f; done")
-    result = run_playbook(extra_vars=extra)
+    result = run_playbook(*UPGRADE_TAGS, extra_vars=extra)
     return {"result": result, "old_link": old_link, "new_build": new_build, "pid": pid}
 
 
