@@ -31,7 +31,8 @@ constraints: ## re-pin constraints.txt from a fresh venv built from requirements
 	mv constraints.txt.new constraints.txt && rm -rf $(VENV)-pin
 
 images: ## build the EC2-like Debian 12/13 test host images (if their recipe changed)
-	images/build
+	@# One build at a time: CI starts one in the background (see .ci/run).
+	flock $(CURDIR)/.images.lock images/build
 
 test: lint unit molecule ## everything CI runs: lint, unit tests, Molecule scenarios
 
