@@ -35,6 +35,23 @@ def test_cron_schedules_with_ranges_lists_steps_and_names_pass():
     assert result.returncode == 0, result.stdout[-3000:]
 
 
+@pytest.mark.parametrize("extra", [
+    # Any notation of the controller's address or a network around it.
+    {"hardening_ssh_allow_from": ["203.0.113.7/32"], "_hardening_controller_address": "203.0.113.7"},
+    {"hardening_ssh_allow_from": ["192.0.2.0/24", "203.0.113.9/24"], "_hardening_controller_address": "203.0.113.7"},
+    {"hardening_ssh_allow_from": ["2001:DB8::/32"], "_hardening_controller_address": "2001:db8::5"},
+    {"hardening_ssh_allow_from": ["10.0.0.0/8"], "_hardening_controller_address": "::ffff:10.1.2.3"},
+    # Through a bastion being replaced: the operator says the next
+    # connection comes from another listed address.
+    {"hardening_ssh_allow_from": ["192.0.2.0/24"], "_hardening_controller_address": "203.0.113.7",
+     "hardening_ssh_allow_from_check_controller": False},
+    {"mlflow_proxy_enabled": False, "mlflow_service_allow_from": ["10.20.0.0/16", "192.0.2.7"]},
+])
+def test_allow_lists_that_keep_the_controller_in_pass(extra):
+    result = preflight(extra)
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
 @pytest.mark.parametrize("extra, message", [
     ({"hardening_admin_authorized_keys": []}, "hardening_admin_authorized_keys must list at least one public SSH key"),
     ({"hardening_admin_authorized_keys": ["not a key"]}, "hardening_admin_authorized_keys must list at least one public SSH key"),
@@ -42,6 +59,12 @@ def test_cron_schedules_with_ranges_lists_steps_and_names_pass():
     ({"hardening_ssh_port": "ssh"}, "hardening_ssh_port"),
     ({"hardening_ssh_allow_from": []}, "hardening_ssh_allow_from is empty"),
     ({"hardening_ssh_allow_from": ["10.0.0.0/33"]}, "hardening_ssh_allow_from: '10.0.0.0/33' is neither"),
+    # The host sees this run's SSH connection come from 203.0.113.7: an
+    # allow-list without it would lock the controller out.
+    ({"hardening_ssh_allow_from": ["192.0.2.0/24", "2001:db8::/32"], "_hardening_controller_address": "203.0.113.7"},
+     "hardening_ssh_allow_from (192.0.2.0/24, 2001:db8::/32) does not cover 203.0.113.7"),
+    ({"mlflow_service_allow_from": ["any"]}, "mlflow_service_allow_from: 'any' is not an IP address or CIDR"),
+    ({"mlflow_service_allow_from": ["10.0.0.0/40"]}, "mlflow_service_allow_from: '10.0.0.0/40' is not an IP address or CIDR"),
     ({"hardening_firewall_allow": [{"port": 0, "comment": "zero"}]}, "hardening_firewall_allow:"),
     ({"hardening_firewall_allow": [{"port": 443}]}, "hardening_firewall_allow"),
     ({"hardening_admin_user": "root"}, "hardening_admin_user: 'root' is not a valid non-root user name"),

@@ -77,12 +77,14 @@ def test_sshd_effective_policy(host):
         assert setting in effective.splitlines(), setting
 
 
-def test_sshd_dropin_and_sudoers(host):
-    dropin = host.file("/etc/ssh/sshd_config.d/10-hardening.conf")
-    assert dropin.user == "root" and dropin.mode == 0o644
+def test_sshd_config_and_sudoers(host):
+    config = host.file("/etc/ssh/sshd_config")
+    assert config.user == "root" and config.mode == 0o644
+    # Earlier versions' drop-in is gone: the role owns the main file.
+    assert not host.file("/etc/ssh/sshd_config.d/10-hardening.conf").exists
     # The header text comes from group_vars/all: proof that the top-level
     # group_vars are loaded when Molecule runs playbooks/site.yml.
-    header = dropin.content_string.splitlines()[:3]
+    header = config.content_string.splitlines()[:3]
     assert any(line.startswith("# Managed by Ansible (mlflow-ansible)") for line in header), header
     sudoers = host.file(f"/etc/sudoers.d/50-{ADMIN}")
     assert sudoers.user == "root" and sudoers.mode == 0o440
@@ -117,11 +119,11 @@ def test_firewall_drift_is_undone(host, host_name):
 
 
 def test_bad_input_stops_before_any_change(host, host_name):
-    before = host.check_output("ufw show added; cat /etc/ssh/sshd_config.d/10-hardening.conf")
+    before = host.check_output("ufw show added; cat /etc/ssh/sshd_config")
     result = run_playbook("--limit", host_name, "-e", '{"hardening_ssh_allow_from": []}')
     assert result.returncode != 0
     # The callback wraps long messages: compare with whitespace folded.
     assert "hardening_ssh_allow_from is empty" in " ".join(result.stdout.split())
     # The preflight play stopped the run: the roles never started.
     assert "TASK [hardening : Install the hardening packages]" not in result.stdout
-    assert host.check_output("ufw show added; cat /etc/ssh/sshd_config.d/10-hardening.conf") == before
+    assert host.check_output("ufw show added; cat /etc/ssh/sshd_config") == before
