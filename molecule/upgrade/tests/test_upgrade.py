@@ -68,6 +68,15 @@ def test_logins_work(mlflow_uri, admin_password, ephemeral_dir):
         assert bad.status_code == 401
 
 
+def test_without_the_proxy_the_port_is_open_for_the_listed_sources_only(host):
+    # mlflow_service_allow_from: [10.88.0.0/16] (molecule.yml): MLflow binds
+    # every address, and the firewall opens 5000 for exactly that source.
+    rules = {line for line in host.check_output("ufw show added").splitlines() if line.startswith("ufw ")}
+    assert rules == {"ufw limit 22/tcp comment 'ssh'",
+                     "ufw allow from 10.88.0.0/16 to any port 5000 proto tcp comment 'mlflow'"}
+    assert host.socket("tcp://0.0.0.0:5000").is_listening
+
+
 def test_the_schema_stamp_names_the_current_pin(host):
     stamp = host.file("/var/lib/mlflow/.mlflow-schema-version")
     assert stamp.content_string.split()[0] == f"mlflow={CURRENT}"

@@ -1,0 +1,190 @@
+"""Drift a real box suffers, all applied at once to one converged host, then
+proven with one `--check --diff` run (every drift reported, nothing
+changed), one repair run (every drift undone, MLflow answering) and one more
+run (no changes). One host drifts; the other must not notice."""
+import os
+import re
+import secrets
+import string
+import time
+
+import pytest
+import requests
+import testinfra
+
+from conftest import SCENARIO_HOSTS, ip_of, run_playbook, ssh
+
+pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+
+DRIFTED = SCENARIO_HOSTS[0]
+# Successful logins are cached per worker for this long (mlflow_auth_cache_ttl_seconds):
+# the vault password stays accepted from the cache until then.
+AUTH_CACHE_TTL = 60
+VENV_PYTHON = "/opt/mlflow/venv/bin/python"
+
+# Each drift: how to apply it on the host, the task that must report it
+# (check mode) and repair it, and how to see on the host that it is gone.
+DRIFTS = {
+    "sshd: PermitRootLogin yes above everything in sshd_config": (
+        "sed -i '1i PermitRootLogin yes' /etc/ssh/sshd_config",
+        "hardening : Write the sshd configuration (validated)",
+    ),
+    "sshd: an earlier drop-in with password logins and a Match block for root": (
+        "printf 'PasswordAuthentication yes\\nMatch User root\\n  PermitRootLogin yes\\n'"
+        " > /etc/ssh/sshd_config.d/00-drift.conf",
+        "hardening : Comment out those settings in the drop-ins",
+    ),
+    "firewall: a rule added by hand": (
+        "ufw allow 8080/tcp comment 'added by hand'",
+        "hardening : Remove the rules that are not in the allow-list",
+    ),
+    "firewall: default policy switched to allow incoming": (
+        "ufw default allow incoming",
+        "hardening : Set the default policies (deny incoming and routed, allow outgoing)",
+    ),
+    "firewall: IPv6 switched off": (
+        "sed -i 's/^IPV6=.*/IPV6=no/' /etc/default/ufw",
+        "hardening : Keep ufw's IPv6 switch on",
+    ),
+    "service user: added to the sudo group": (
+        "usermod -aG sudo mlflow",
+        "mlflow_venv : Create the service user",
+    ),
+    "service user: a sudoers drop-in granting it everything": (
+        "echo 'mlflow ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/90-drift && chmod 0440 /etc/sudoers.d/90-drift",
+        "mlflow_venv : Comment those grants out",
+    ),
+}
+PASSWORD_TASK = "mlflow_auth : Set the admin password from the variables"
+
+
+def changed_tasks(output: str) -> set[str]:
+    """Names of the tasks that reported `changed` for the drifted host."""
+    names = set()
+    for block in re.split(r"\n(?=TASK \[)", output):
+        match = re.match(r"TASK \[(.+?)\]", block)
+        if match and re.search(rf"^changed: \[{DRIFTED}\]", block, re.M):
+            names.add(match.group(1))
+    return names
+
+
+def recap(output: str, name: str) -> dict:
+    line = re.search(rf"^{name}\s*:\s*(ok=.*)$", output, re.M).group(1)
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+
+
+def authenticates(host, password: str) -> bool:
+    """Ask the auth database itself (the server's login cache would answer
+    from memory)."""
+    script = (
+        "import sys; from mlflow.server.auth.config import read_auth_config; "
+        "from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore; c = read_auth_config(); "
+        "s = SqlAlchemyStore(); s.init_db(c.database_uri); "
+        "print(s.authenticate_user(c.admin_username, sys.stdin.read(), use_primary=True))"
+    )
+    out = host.check_output(
+        f"printf %s {password} | MLFLOW_AUTH_CONFIG_PATH=/etc/mlflow/basic_auth.ini "
+        f"runuser -u mlflow -- {VENV_PYTHON} -I -c '{script}'"
+    )
+    return out.strip().splitlines()[-1] == "True"
+
+
+def effective_sshd(host, user: str) -> str:
+    return host.check_output(f"sshd -T -C user={user},host=localhost,addr=127.0.0.1,laddr=127.0.0.1,lport=22")
+
+
+def test_drift_is_reported_repaired_and_stays_repaired(admin_key):
+    host = testinfra.get_host(f"podman://{DRIFTED}")
+    vault_password = os.environ["MLFLOW_TEST_ADMIN_PASSWORD"]
+    out_of_band = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(24))
+
+    # The admin password changed through the API, as a user with the
+    # password could; the vault stays the source of truth.
+    changed = requests.patch(
+        f"https://{ip_of(DRIFTED)}/api/2.0/mlflow/users/update-password",
+        json={"username": "admin", "password": out_of_band, "current_password": vault_password},
+        auth=("admin", vault_password), verify=False, timeout=30,
+    )
+    assert changed.status_code == 200, changed.text
+    changed_at = time.monotonic()
+    assert authenticates(host, out_of_band) and not authenticates(host, vault_password)
+
+    for apply, _ in DRIFTS.values():
+        host.run_expect([0], apply)
+    host.run_expect([0], "systemctl reload ssh")
+    assert "permitrootlogin yes" in effective_sshd(host, "root").splitlines()
+    assert "sudo" in host.user("mlflow").groups
+    other = testinfra.get_host(f"podman://{SCENARIO_HOSTS[1]}")
+    other_before = other.check_output("ufw show added; cat /etc/ssh/sshd_config; id mlflow")
+
+    # Until the vault password's cached logins expire, the server still
+    # accepts it and the role cannot see the change.
+    time.sleep(max(0.0, AUTH_CACHE_TTL + 5 - (time.monotonic() - changed_at)))
+
+    check = run_playbook("--check", "--diff")
+    assert check.returncode == 0, check.stdout[-3000:]
+    reported = changed_tasks(check.stdout)
+    for drift, (_, task) in DRIFTS.items():
+        assert task in reported, f"--check did not report: {drift}"
+    assert PASSWORD_TASK in reported, "--check did not report the admin password changed out of band"
+    # The diff shows the sshd line that would go.
+    assert re.search(r"^-PermitRootLogin yes$", check.stdout, re.M), check.stdout[-3000:]
+    # Check mode changed nothing.
+    assert "permitrootlogin yes" in effective_sshd(host, "root").splitlines()
+    assert "ufw allow 8080/tcp comment 'added by hand'" in host.check_output("ufw show added")
+    assert authenticates(host, out_of_band)
+    assert recap(check.stdout, SCENARIO_HOSTS[1])["changed"] == 0, "the other host reported changes"
+
+    repair = run_playbook()
+    assert repair.returncode == 0, repair.stdout[-3000:]
+    repaired = changed_tasks(repair.stdout)
+    for drift, (_, task) in DRIFTS.items():
+        assert task in repaired, f"the run did not repair: {drift}"
+    assert recap(repair.stdout, SCENARIO_HOSTS[1])["changed"] == 0, "the other host changed"
+
+    # What a user of the host observes now.
+    for user in ("root", "deploy"):
+        effective = effective_sshd(host, user).splitlines()
+        assert "permitrootlogin no" in effective and "passwordauthentication no" in effective, user
+    result = ssh(admin_key, "deploy", ip_of(DRIFTED), "sudo", "-n", "true")
+    assert result.returncode == 0, result.stderr
+    status = host.check_output("ufw status verbose")
+    assert "Default: deny (incoming), allow (outgoing), deny (routed)" in status
+    assert "8080" not in host.check_output("ufw show added")
+    assert re.search(r"^IPV6=yes$", host.file("/etc/default/ufw").content_string, re.M)
+    assert host.user("mlflow").groups == ["mlflow"]
+    assert host.run("runuser -u mlflow -- sudo -n true").rc != 0
+    assert host.run("visudo -c").rc == 0
+    assert authenticates(host, vault_password) and not authenticates(host, out_of_band)
+    health = requests.get(f"https://{ip_of(DRIFTED)}/health", verify=False, timeout=30)
+    assert health.status_code == 200 and health.text.strip() == "OK"
+    assert other.check_output("ufw show added; cat /etc/ssh/sshd_config; id mlflow") == other_before
+
+    again = run_playbook("--limit", DRIFTED)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert recap(again.stdout, DRIFTED)["changed"] == 0, again.stdout[-3000:]
+
+
+def test_allow_list_in_any_notation_is_stable(admin_key):
+    """An SSH source written with /32 (or host bits set) is stored by ufw in
+    canonical form: the second run must not delete it as stray."""
+    host = testinfra.get_host(f"podman://{DRIFTED}")
+    ip = ip_of(DRIFTED)
+    gateway = host.check_output("ip route show default").split()[2]
+    allow = ["-e", f'{{"hardening_ssh_allow_from": ["{gateway}/32", "192.0.2.77/24", "2001:DB8::1/128"]}}']
+    try:
+        first = run_playbook("--limit", DRIFTED, "--tags", "hardening", *allow)
+        assert first.returncode == 0, first.stdout[-3000:]
+        rules = host.check_output("ufw show added")
+        assert f"ufw limit from {gateway} to any port 22 proto tcp comment 'ssh'" in rules
+        assert "ufw limit from 192.0.2.0/24 to any port 22 proto tcp comment 'ssh'" in rules
+        assert "ufw limit from 2001:db8::1 to any port 22 proto tcp comment 'ssh'" in rules
+        second = run_playbook("--limit", DRIFTED, "--tags", "hardening", *allow)
+        assert second.returncode == 0, second.stdout[-3000:]
+        assert recap(second.stdout, DRIFTED)["changed"] == 0, second.stdout[-3000:]
+        result = ssh(admin_key, "deploy", ip, "true")
+        assert result.returncode == 0, result.stderr
+    finally:
+        back = run_playbook("--limit", DRIFTED, "--tags", "hardening")
+        assert back.returncode == 0, back.stdout[-3000:]
+    assert "ufw limit 22/tcp comment 'ssh'" in host.check_output("ufw show added")
