@@ -74,7 +74,8 @@ def api(host_ip, public_name):
 def test_auth_ini_is_private_to_mlflow(host):
     ini = host.file("/etc/mlflow/basic_auth.ini")
     assert ini.is_file
-    assert (ini.user, ini.group, ini.mode) == ("mlflow", "mlflow", 0o600)
+    # Root's, readable by the service group only: the server cannot rewrite it.
+    assert (ini.user, ini.group, ini.mode) == ("root", "mlflow", 0o640)
     content = ini.content_string
     assert re.search(r"^database_uri = sqlite:////", content, re.M)
     assert re.search(r"^auth_cache_ttl_seconds = \d+$", content, re.M)

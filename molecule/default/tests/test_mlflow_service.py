@@ -116,10 +116,13 @@ def test_api_requires_authentication(host):
 
 @pytest.mark.parametrize("path", ["/etc/mlflow/mlflow.env", "/etc/mlflow/basic_auth.ini"])
 def test_secret_files_are_private(host, path):
+    # Root's, readable by the service group only: the server reads them but
+    # cannot rewrite its own configuration.
     f = host.file(path)
     assert f.is_file
-    assert f.user == "mlflow" and f.group == "mlflow"
-    assert f.mode == 0o600
+    assert f.user == "root" and f.group == "mlflow"
+    assert f.mode == 0o640
+    assert host.run(f"runuser -u mlflow -- sh -c ': >> {path}'").rc != 0
 
 
 def test_aws_profile_is_private_and_complete(host):

@@ -251,11 +251,12 @@ def test_database_password_only_in_private_files(host):
     assert "/etc/mlflow/mlflow.env" in files and "/etc/mlflow/basic_auth.ini" in files, files
     for path in files:
         f = host.file(path)
-        assert not f.mode & 0o044, f"{path} is mode {oct(f.mode)}"
+        assert not f.mode & 0o007, f"{path} is mode {oct(f.mode)}"
         assert f.user in ("mlflow", "root"), f"{path} is owned by {f.user}"
+        assert not f.mode & 0o070 or f.group == "mlflow", f"{path} is readable by group {f.group}"
     for path in ("/etc/mlflow/mlflow.env", "/etc/mlflow/basic_auth.ini"):
         f = host.file(path)
-        assert (f.user, f.mode) == ("mlflow", 0o600), path
+        assert (f.user, f.group, f.mode) == ("root", "mlflow", 0o640), path
 
 
 def test_database_password_not_in_process_list_or_journal(host):
