@@ -188,3 +188,16 @@ def test_allow_list_in_any_notation_is_stable(admin_key):
         back = run_playbook("--limit", DRIFTED, "--tags", "hardening")
         assert back.returncode == 0, back.stdout[-3000:]
     assert "ufw limit 22/tcp comment 'ssh'" in host.check_output("ufw show added")
+
+
+def test_an_allow_list_that_would_lock_the_controller_out_is_refused():
+    """The scenario converges over SSH: the host sees the controller come from
+    podman's gateway, which this allow-list leaves out."""
+    host = testinfra.get_host(f"podman://{DRIFTED}")
+    gateway = host.check_output("ip route show default").split()[2]
+    before = host.check_output("ufw show added")
+    result = run_playbook("--limit", DRIFTED, "-e", '{"hardening_ssh_allow_from": ["192.0.2.0/24"]}')
+    assert result.returncode != 0
+    assert f"hardening_ssh_allow_from (192.0.2.0/24) does not cover {gateway}" in " ".join(result.stdout.split())
+    assert "TASK [hardening : Install the hardening packages]" not in result.stdout
+    assert host.check_output("ufw show added") == before
