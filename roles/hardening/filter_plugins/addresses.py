@@ -40,11 +40,9 @@ def ufw_source(value, variable="source"):
 
 def is_source(value):
     """True for `any`, an IP address or a CIDR (host bits may be set)."""
-    if str(value).strip().lower() == ANY:
-        return True
     try:
-        ipaddress.ip_network(str(value).strip(), strict=False)
-    except ValueError:
+        ufw_source(value)
+    except AnsibleFilterError:
         return False
     return True
 
