@@ -44,10 +44,12 @@ def counts() -> tuple[str, str]:
 
 
 def test_periodic_jobs_only_on_the_primary():
-    primary = HOSTS[PRIMARY].check_output("crontab -l -u mlflow")
-    assert "mlflow-backup" in primary and "mlflow-gc" in primary, primary
-    secondary = HOSTS[SECONDARY].run("crontab -l -u mlflow")
-    assert "mlflow-backup" not in secondary.stdout and "mlflow-gc" not in secondary.stdout, secondary.stdout
+    jobs = "/etc/cron.d/mlflow-backup /etc/cron.d/mlflow-gc"
+    primary = HOSTS[PRIMARY].check_output(f"cat {jobs}")
+    assert "mlflow /usr/local/sbin/mlflow-backup create" in primary and "mlflow /usr/local/sbin/mlflow-gc" in primary
+    assert HOSTS[SECONDARY].check_output(f"ls {jobs} 2>&1 || true").count("No such file") == 2
+    for name in (PRIMARY, SECONDARY):
+        assert not HOSTS[name].file("/var/spool/cron/crontabs/mlflow").exists, name
 
 
 def test_restore_brings_back_what_the_backup_held(tmp_path):
