@@ -35,11 +35,13 @@ EXIT_S3, EXIT_LOCKED = 4, 75
 
 
 def cron_command(host, name: str) -> str:
-    """The command part of the service user's cron entry `name`."""
-    crontab = host.check_output("crontab -l -u mlflow")
-    lines = crontab.splitlines()
-    index = lines.index(f"#Ansible: {name}")
-    return lines[index + 1].split(None, 5)[5]
+    """The command part of the job in /etc/cron.d/NAME (checked to run as mlflow)."""
+    lines = [line for line in host.file(f"/etc/cron.d/{name}").content_string.splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert len(lines) == 1, lines
+    fields = lines[0].split(None, 6)
+    assert fields[5] == "mlflow", lines[0]
+    return fields[6]
 
 
 def run_as_mlflow(host, command: str):
@@ -71,9 +73,14 @@ def db_rows(host, db: str, query: str) -> set[str]:
 
 
 def test_cron_entries_run_as_the_service_user(host):
-    crontab = host.check_output("crontab -l -u mlflow")
-    assert re.search(r"^15 2 \* \* \* /usr/local/sbin/mlflow-backup create --quiet$", crontab, re.M), crontab
-    assert re.search(r"^45 3 \* \* \* /usr/local/sbin/mlflow-gc --quiet$", crontab, re.M), crontab
+    # Root's files in /etc/cron.d: the service user cannot change its own jobs.
+    for name, job in (("mlflow-backup", r"15 2 \* \* \* mlflow /usr/local/sbin/mlflow-backup create --quiet"),
+                      ("mlflow-gc", r"45 3 \* \* \* mlflow /usr/local/sbin/mlflow-gc --quiet")):
+        cron = host.file(f"/etc/cron.d/{name}")
+        assert (cron.user, cron.group, cron.mode) == ("root", "root", 0o644)
+        assert re.search(rf"^{job}$", cron.content_string, re.M), cron.content_string
+    # No crontab of its own, and none of root's runs our jobs.
+    assert not host.file("/var/spool/cron/crontabs/mlflow").exists
     assert host.run("crontab -l -u root").stdout.count("mlflow-") == 0
     assert host.service("cron").is_running and host.service("cron").is_enabled
     # Settings without secrets, readable by the service user only (and root).
