@@ -23,45 +23,137 @@ AUTH_CACHE_TTL = 60
 VENV_PYTHON = "/opt/mlflow/venv/bin/python"
 
 # Each drift: how to apply it on the host, the task that must report it
-# (check mode) and repair it, and how to see on the host that it is gone.
+# (check mode) and repair it, and a command that succeeds on the host once it
+# is gone (what a user of the host would check).
 DRIFTS = {
     "sshd: PermitRootLogin yes above everything in sshd_config": (
         "sed -i '1i PermitRootLogin yes' /etc/ssh/sshd_config",
         "hardening : Write the sshd configuration (validated)",
+        "! grep -q '^PermitRootLogin yes' /etc/ssh/sshd_config",
     ),
     "sshd: an earlier drop-in with password logins and a Match block for root": (
         "printf 'PasswordAuthentication yes\\nMatch User root\\n  PermitRootLogin yes\\n'"
         " > /etc/ssh/sshd_config.d/00-drift.conf",
         "hardening : Comment out those settings in the drop-ins",
+        "! grep -Eq '^ *(PasswordAuthentication|PermitRootLogin) yes' /etc/ssh/sshd_config.d/00-drift.conf",
+    ),
+    "sshd: a key added to the admin user (deploy)'s authorized_keys": (
+        "echo 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIVbxE1sStgZ/IqXfXnwpZcC7ZTvLjy2ueiNNocQPKl0 intruder'"
+        " >> /home/deploy/.ssh/authorized_keys",
+        "hardening : Authorize the admin user's SSH keys (exclusively)",
+        "! grep -q intruder /home/deploy/.ssh/authorized_keys",
     ),
     "firewall: a rule added by hand": (
         "ufw allow 8080/tcp comment 'added by hand'",
         "hardening : Remove the rules that are not in the allow-list",
+        "! ufw show added | grep -q 8080",
     ),
     "firewall: default policy switched to allow incoming": (
         "ufw default allow incoming",
         "hardening : Set the default policies (deny incoming and routed, allow outgoing)",
+        "ufw status verbose | grep -qF 'Default: deny (incoming), allow (outgoing), deny (routed)'",
     ),
     "firewall: IPv6 switched off": (
         "sed -i 's/^IPV6=.*/IPV6=no/' /etc/default/ufw",
         "hardening : Keep ufw's IPv6 switch on",
+        "grep -qx IPV6=yes /etc/default/ufw",
+    ),
+    "unattended upgrades: switched off": (
+        "rm /etc/apt/apt.conf.d/20auto-upgrades",
+        "hardening : Configure unattended security upgrades",
+        "apt-config dump APT::Periodic::Unattended-Upgrade | grep -q '\"1\"'",
+    ),
+    "unattended upgrades: the upgrade timer disabled": (
+        "systemctl disable --now apt-daily-upgrade.timer",
+        "hardening : Keep the upgrade timers enabled",
+        "systemctl is-enabled apt-daily-upgrade.timer && systemctl is-active apt-daily-upgrade.timer",
     ),
     "service user: added to the sudo group": (
         "usermod -aG sudo mlflow",
         "mlflow_venv : Create the service user",
+        "[ \"$(id -Gn mlflow)\" = mlflow ]",
     ),
     "service user: a sudoers drop-in granting it everything": (
         "echo 'mlflow ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/90-drift && chmod 0440 /etc/sudoers.d/90-drift",
         "mlflow_venv : Comment those grants out",
+        "! runuser -u mlflow -- sudo -n true",
+    ),
+    "service user: a crontab of its own": (
+        "echo '* * * * * touch /var/lib/mlflow/cron-drift' | crontab -u mlflow -",
+        "mlflow_venv : Remove the service user's own crontab",
+        "! crontab -l -u mlflow",
+    ),
+    "service user: its data directory opened to everyone": (
+        "chmod 0777 /var/lib/mlflow",
+        "mlflow_venv : Create the home and data directory",
+        "[ \"$(stat -c %a /var/lib/mlflow)\" = 750 ]",
+    ),
+    "MLflow: the secrets file made world-readable": (
+        "chmod 0644 /etc/mlflow/mlflow.env",
+        "mlflow_service : Write the secrets EnvironmentFile",
+        "[ \"$(stat -c %a /etc/mlflow/mlflow.env)\" = 640 ]",
+    ),
+    "MLflow: the unit's sandboxing edited": (
+        "sed -i 's/^NoNewPrivileges=yes/NoNewPrivileges=no/' /etc/systemd/system/mlflow.service"
+        " && systemctl daemon-reload",
+        "mlflow_service : Write the systemd unit",
+        "[ \"$(systemctl show -P NoNewPrivileges mlflow)\" = yes ]",
+    ),
+    "MLflow: a drop-in that overrides the unit": (
+        "mkdir -p /etc/systemd/system/mlflow.service.d && printf '[Service]\\nEnvironment=MLFLOW_DRIFT=1\\n'"
+        " > /etc/systemd/system/mlflow.service.d/override.conf && systemctl daemon-reload",
+        "mlflow_service : Remove those drop-ins",
+        "[ -z \"$(systemctl show -P DropInPaths mlflow)\" ] && ! systemctl show -P Environment mlflow | grep -q DRIFT",
+    ),
+    "MLflow: not started at boot": (
+        "systemctl disable mlflow",
+        "mlflow_service : Enable MLflow at boot",
+        "systemctl is-enabled mlflow",
+    ),
+    "MLflow: the auth ini handed to the service user": (
+        "chown mlflow /etc/mlflow/basic_auth.ini",
+        "mlflow_auth : Write the basic-auth ini",
+        "[ \"$(stat -c %U:%G:%a /etc/mlflow/basic_auth.ini)\" = root:mlflow:640 ]",
+    ),
+    "backups: a line added to the backup job's cron file": (
+        "echo '* * * * * root touch /tmp/cron-drift' >> /etc/cron.d/mlflow-backup",
+        "mlflow_backup : Schedule the backup as the service user",
+        "! grep -q cron-drift /etc/cron.d/mlflow-backup",
+    ),
+    "backups: the backup program tampered with": (
+        "echo 'raise SystemExit(0)' >> /usr/local/lib/mlflow-ansible/mlflow_backup.py",
+        "mlflow_backup : Install the backup program",
+        "! grep -qx 'raise SystemExit(0)' /usr/local/lib/mlflow-ansible/mlflow_backup.py",
+    ),
+    "gc: its schedule deleted": (
+        "rm /etc/cron.d/mlflow-gc",
+        "mlflow_gc : Schedule the gc as the service user",
+        "grep -q 'mlflow /usr/local/sbin/mlflow-gc' /etc/cron.d/mlflow-gc",
+    ),
+    "proxy: the default site enabled again": (
+        "ln -s /etc/nginx/sites-available/default /etc/nginx/sites-enabled/default",
+        "mlflow_proxy : Disable the default site",
+        "[ ! -e /etc/nginx/sites-enabled/default ]",
+    ),
+    "proxy: the TLS private key deleted": (
+        "rm /etc/ssl/mlflow/mlflow.key",
+        "mlflow_proxy : Generate the private key",
+        "[ \"$(stat -c %U:%a /etc/ssl/mlflow/mlflow.key)\" = root:600 ]",
+    ),
+    "proxy: the MLflow site edited": (
+        "sed -i 's/client_max_body_size [^;]*;/client_max_body_size 1k;/' /etc/nginx/sites-available/mlflow.conf",
+        "mlflow_proxy : Write the MLflow site",
+        "! grep -q 'client_max_body_size 1k;' /etc/nginx/sites-available/mlflow.conf",
     ),
 }
 PASSWORD_TASK = "mlflow_auth : Set the admin password from the variables"
 
 
 def changed_tasks(output: str) -> set[str]:
-    """Names of the tasks that reported `changed` for the drifted host."""
+    """Names of the tasks that reported `changed` for the drifted host (a
+    handler's output is its own block, never credited to the task before)."""
     names = set()
-    for block in re.split(r"\n(?=TASK \[)", output):
+    for block in re.split(r"\n(?=(?:TASK|RUNNING HANDLER) \[)", output):
         match = re.match(r"TASK \[(.+?)\]", block)
         if match and re.search(rf"^changed: \[{DRIFTED}\]", block, re.M):
             names.add(match.group(1))
@@ -115,8 +207,11 @@ def test_drift_is_reported_repaired_and_stays_repaired(admin_key):
     changed_at = time.monotonic()
     assert authenticates(host, out_of_band) and not authenticates(host, vault_password)
 
-    for apply, _ in DRIFTS.values():
-        host.run_expect([0], apply)
+    for drift, (apply, _, repaired) in DRIFTS.items():
+        assert host.run(repaired).rc == 0, f"the host is not converged for: {drift}"
+        applied = host.run(apply)
+        assert applied.rc == 0, (drift, applied.stderr)
+        assert host.run(repaired).rc != 0, f"the check for {drift} cannot see the drift"
     host.run_expect([0], "systemctl reload ssh")
     assert "permitrootlogin yes" in effective_sshd(host, "root").splitlines()
     assert "sudo" in host.user("mlflow").groups
@@ -131,12 +226,14 @@ def test_drift_is_reported_repaired_and_stays_repaired(admin_key):
         check = run_playbook("--check", "--diff")
         assert check.returncode == 0, failures(check.stdout)
         reported = changed_tasks(check.stdout)
-        for drift, (_, task) in DRIFTS.items():
+        for drift, (_, task, _) in DRIFTS.items():
             assert task in reported, f"--check did not report: {drift}"
         assert PASSWORD_TASK in reported, "--check did not report the admin password changed out of band"
         # The diff shows the sshd line that would go.
         assert re.search(r"^-PermitRootLogin yes$", check.stdout, re.M), check.stdout[-3000:]
         # Check mode changed nothing.
+        for drift, (_, _, repaired) in DRIFTS.items():
+            assert host.run(repaired).rc != 0, f"--check repaired: {drift}"
         assert "permitrootlogin yes" in effective_sshd(host, "root").splitlines()
         assert "ufw allow 8080/tcp comment 'added by hand'" in host.check_output("ufw show added")
         assert authenticates(host, out_of_band)
@@ -145,7 +242,7 @@ def test_drift_is_reported_repaired_and_stays_repaired(admin_key):
         repair = run_playbook()
         assert repair.returncode == 0, failures(repair.stdout)
         repaired = changed_tasks(repair.stdout)
-        for drift, (_, task) in DRIFTS.items():
+        for drift, (_, task, _) in DRIFTS.items():
             assert task in repaired, f"the run did not repair: {drift}"
         assert recap(repair.stdout, SCENARIO_HOSTS[1])["changed"] == 0, "the other host changed"
 
@@ -157,6 +254,9 @@ def test_drift_is_reported_repaired_and_stays_repaired(admin_key):
         raise
 
     # What a user of the host observes now.
+    for drift, (_, _, repaired) in DRIFTS.items():
+        result = host.run(repaired)
+        assert result.rc == 0, f"still drifted: {drift}: {result.stdout} {result.stderr}"
     for user in ("root", "deploy"):
         effective = effective_sshd(host, user).splitlines()
         assert "permitrootlogin no" in effective and "passwordauthentication no" in effective, user
