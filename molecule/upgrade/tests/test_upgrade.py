@@ -78,9 +78,13 @@ def test_without_the_proxy_the_port_is_open_for_the_listed_sources_only(host):
 
 
 def test_the_schema_stamp_names_the_current_pin(host):
-    stamp = host.file("/var/lib/mlflow/.mlflow-schema-version")
+    stamp = host.file("/var/lib/mlflow-ansible/schema-version")
     assert stamp.content_string.split()[0] == f"mlflow={CURRENT}"
     assert (stamp.user, stamp.group, stamp.mode) == ("root", "mlflow", 0o640)
+    # Root's directory: the service cannot delete or replace it.
+    state = host.file("/var/lib/mlflow-ansible")
+    assert (state.user, state.group, state.mode) == ("root", "root", 0o755)
+    assert not host.file("/var/lib/mlflow/.mlflow-schema-version").exists
 
 
 def test_both_databases_are_at_the_alembic_head(host):
@@ -195,7 +199,7 @@ def test_a_new_version_that_fails_to_start_is_rolled_back(host, broken_start, ml
     assert _health(mlflow_uri) == "OK"
     assert _version(mlflow_uri, admin_password) == CURRENT
     _same_data(mlflow_uri, admin_password, seeded)
-    assert host.file("/var/lib/mlflow/.mlflow-schema-version").content_string.split()[0] == f"mlflow={CURRENT}"
+    assert host.file("/var/lib/mlflow-ansible/schema-version").content_string.split()[0] == f"mlflow={CURRENT}"
 
 
 def test_the_next_normal_run_changes_nothing(host, broken_start, mlflow_uri):
