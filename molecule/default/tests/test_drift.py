@@ -63,6 +63,11 @@ DRIFTS = {
         "hardening : Configure unattended security upgrades",
         "apt-config dump APT::Periodic::Unattended-Upgrade | grep -q '\"1\"'",
     ),
+    "unattended upgrades: a file read after the role's switches them off": (
+        "echo 'APT::Periodic::Unattended-Upgrade \"0\";' > /etc/apt/apt.conf.d/99-drift",
+        "hardening : Comment out those settings in the other files",
+        "apt-config dump APT::Periodic::Unattended-Upgrade | grep -q '\"1\"'",
+    ),
     "unattended upgrades: the upgrade timer disabled": (
         "systemctl disable --now apt-daily-upgrade.timer",
         "hardening : Keep the upgrade timers enabled",
