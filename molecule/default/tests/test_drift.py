@@ -137,8 +137,14 @@ DRIFTS = {
     ),
     "proxy: the default site enabled again": (
         "ln -s /etc/nginx/sites-available/default /etc/nginx/sites-enabled/default",
-        "mlflow_proxy : Disable the default site",
+        "mlflow_proxy : Disable the other sites",
         "[ ! -e /etc/nginx/sites-enabled/default ]",
+    ),
+    "proxy: a server in conf.d answering for the proxy's name": (
+        "printf 'server {\\n  listen 80;\\n  server_name mlflow.test;\\n  return 200 not-mlflow;\\n}\\n'"
+        " > /etc/nginx/conf.d/drift.conf",
+        "mlflow_proxy : Disable the other sites",
+        "! grep -rqs not-mlflow /etc/nginx/conf.d",
     ),
     "proxy: the TLS private key deleted": (
         "rm /etc/ssl/mlflow/mlflow.key",
