@@ -93,6 +93,11 @@ DRIFTS = {
         "mlflow_venv : Create the home and data directory",
         "[ \"$(stat -c %a /var/lib/mlflow)\" = 750 ]",
     ),
+    "AWS profile: a line added to its config file": (
+        "echo 'ca_bundle = /tmp/drift.pem' >> /etc/mlflow/aws/config",
+        "aws_profile : Write the profile's config file",
+        "! grep -q drift.pem /etc/mlflow/aws/config",
+    ),
     "MLflow: the secrets file made world-readable": (
         "chmod 0644 /etc/mlflow/mlflow.env",
         "mlflow_service : Write the secrets EnvironmentFile",

@@ -126,14 +126,24 @@ def test_secret_files_are_private(host, path):
 
 
 def test_aws_profile_is_private_and_complete(host):
-    # The scenario runs in S3 mode with static keys (aws_profile_mode).
-    creds = host.file("/var/lib/mlflow/.aws/credentials")
-    assert creds.exists and creds.user == "mlflow" and creds.mode == 0o600
-    assert host.file("/var/lib/mlflow/.aws").mode == 0o700
-    content = host.check_output("cat /var/lib/mlflow/.aws/credentials")
+    # The scenario runs in S3 mode with static keys (aws_profile_mode): root's
+    # files, readable by the service group, which cannot rewrite them.
+    profile_dir = host.file("/etc/mlflow/aws")
+    assert (profile_dir.user, profile_dir.group, profile_dir.mode) == ("root", "mlflow", 0o750)
+    for name in ("config", "credentials"):
+        f = host.file(f"/etc/mlflow/aws/{name}")
+        assert (f.user, f.group, f.mode) == ("root", "mlflow", 0o640), name
+        assert host.run(f"runuser -u mlflow -- sh -c ': >> /etc/mlflow/aws/{name}'").rc != 0, name
+        assert host.run(f"runuser -u mlflow -- cat /etc/mlflow/aws/{name}").rc == 0, name
+    assert host.run("runuser -u mlflow -- touch /etc/mlflow/aws/planted").rc != 0
+    content = host.check_output("cat /etc/mlflow/aws/credentials")
     assert re.search(r"^\[mlflow\]$", content, re.M) and "aws_access_key_id" in content
-    config = host.check_output("cat /var/lib/mlflow/.aws/config")
+    config = host.check_output("cat /etc/mlflow/aws/config")
     assert re.search(r"^\[profile mlflow\]$", config, re.M) and re.search(r"^region = us-east-1$", config, re.M)
+    # Nothing in the service's own directory.
+    assert not host.file("/var/lib/mlflow/.aws").exists
+    unit_env = host.check_output("systemctl show -P Environment mlflow")
+    assert "AWS_CONFIG_FILE=/etc/mlflow/aws/config" in unit_env, unit_env
 
 
 def test_service_user_cannot_log_in(host):
