@@ -295,6 +295,26 @@ def test_drift_is_reported_repaired_and_stays_repaired(admin_key):
     assert recap(again.stdout, DRIFTED)["changed"] == 0, again.stdout[-3000:]
 
 
+def test_a_link_planted_by_the_service_is_never_followed():
+    """The service can write its data directory: it replaces the backup
+    directory with a link to a system directory. The run stops at that task
+    instead of handing the link's target to the service user."""
+    host = testinfra.get_host(f"podman://{DRIFTED}")
+    host.run_expect([0], "mv /var/lib/mlflow/backups /var/lib/mlflow/backups.kept")
+    host.run_expect([0], "runuser -u mlflow -- ln -s /etc/systemd/system /var/lib/mlflow/backups")
+    try:
+        result = run_playbook("--limit", DRIFTED, "--tags", "mlflow_backup")
+        assert result.returncode != 0, result.stdout[-3000:]
+        assert "/var/lib/mlflow/backups already exists as a link" in " ".join(result.stdout.split()), \
+            result.stdout[-3000:]
+        target = host.file("/etc/systemd/system")
+        assert (target.user, target.group, target.mode) == ("root", "root", 0o755)
+    finally:
+        host.run_expect([0], "rm -f /var/lib/mlflow/backups && mv /var/lib/mlflow/backups.kept /var/lib/mlflow/backups")
+    again = run_playbook("--limit", DRIFTED, "--tags", "mlflow_backup")
+    assert again.returncode == 0 and recap(again.stdout, DRIFTED)["changed"] == 0, again.stdout[-3000:]
+
+
 def test_allow_list_in_any_notation_is_stable(admin_key):
     """An SSH source written with /32 (or host bits set) is stored by ufw in
     canonical form: the second run must not delete it as stray."""
