@@ -70,10 +70,10 @@ def ip_of(name: str) -> str:
     return out
 
 
-def ssh(key: Path, user: str, ip: str, *args: str, timeout: int = 30) -> subprocess.CompletedProcess:
+def ssh(key: Path, user: str, ip: str, *args: str, timeout: int = 30, port: int = 22) -> subprocess.CompletedProcess:
     """Run the system ssh client against a test host, as a user would."""
     cmd = [
-        "ssh", "-i", str(key),
+        "ssh", "-i", str(key), "-p", str(port),
         "-o", "BatchMode=yes",
         "-o", "IdentitiesOnly=yes",
         "-o", "StrictHostKeyChecking=no",

@@ -315,6 +315,52 @@ def test_a_link_planted_by_the_service_is_never_followed():
     assert again.returncode == 0 and recap(again.stdout, DRIFTED)["changed"] == 0, again.stdout[-3000:]
 
 
+def test_ssh_port_change_logs_in_on_the_new_port_before_closing_the_old(admin_key):
+    """hardening_ssh_port 2222 on a host reached on 22: the run opens 2222 next
+    to 22 and logs in there; only a run that arrives on 2222 closes 22. The
+    same way back."""
+    host = testinfra.get_host(f"podman://{DRIFTED}")
+    ip = ip_of(DRIFTED)
+
+    def listening() -> set[int]:
+        return {int(p) for p in re.findall(r":(\d+)\s", host.check_output("ss -Hltn"))} & {22, 2222}
+
+    def ssh_rules() -> list[str]:
+        return sorted(line for line in host.check_output("ufw show added").splitlines() if "'ssh'" in line)
+
+    def converge(*args: str):
+        result = run_playbook("--limit", DRIFTED, "--tags", "hardening", *args)
+        assert result.returncode == 0, failures(result.stdout)
+        return result
+
+    new_port = ("-e", '{"hardening_ssh_port": 2222}')
+    on_new_port = ("-e", '{"ansible_port": 2222}')
+    try:
+        first = converge(*new_port)
+        assert "TASK [hardening : Connect to port 2222]" in first.stdout, first.stdout[-3000:]
+        assert "Set ansible_port to 2222" in " ".join(first.stdout.split())
+        assert listening() == {22, 2222}
+        assert ssh_rules() == ["ufw limit 22/tcp comment 'ssh'", "ufw limit 2222/tcp comment 'ssh'"]
+        for port in (22, 2222):
+            assert ssh(admin_key, "deploy", ip, "true", port=port).returncode == 0, port
+        # Still arriving on 22: nothing changes, 22 stays.
+        assert recap(converge(*new_port).stdout, DRIFTED)["changed"] == 0
+        # Arriving on 2222: 22 closes.
+        converge(*new_port, *on_new_port)
+        assert listening() == {2222}
+        assert ssh_rules() == ["ufw limit 2222/tcp comment 'ssh'"]
+        assert ssh(admin_key, "deploy", ip, "true", port=22).returncode != 0
+        assert ssh(admin_key, "deploy", ip, "true", port=2222).returncode == 0
+    finally:
+        # Back to 22 the same way: a run on 2222 opens 22, a run on 22 closes 2222.
+        if 22 not in listening():
+            converge(*on_new_port)
+        converge()
+    assert listening() == {22}
+    assert ssh_rules() == ["ufw limit 22/tcp comment 'ssh'"]
+    assert recap(converge().stdout, DRIFTED)["changed"] == 0
+
+
 def test_allow_list_in_any_notation_is_stable(admin_key):
     """An SSH source written with /32 (or host bits set) is stored by ufw in
     canonical form: the second run must not delete it as stray."""
