@@ -61,12 +61,12 @@ DRIFTS = {
     "unattended upgrades: switched off": (
         "rm /etc/apt/apt.conf.d/20auto-upgrades",
         "hardening : Configure unattended security upgrades",
-        "apt-config dump APT::Periodic::Unattended-Upgrade | grep -q '\"1\"'",
+        "grep -qx 'APT::Periodic::Unattended-Upgrade \"1\";' /etc/apt/apt.conf.d/20auto-upgrades",
     ),
     "unattended upgrades: a file read after the role's switches them off": (
         "echo 'APT::Periodic::Unattended-Upgrade \"0\";' > /etc/apt/apt.conf.d/99-drift",
         "hardening : Comment out those settings in the other files",
-        "apt-config dump APT::Periodic::Unattended-Upgrade | grep -q '\"1\"'",
+        "! grep -q '^APT::Periodic::Unattended-Upgrade' /etc/apt/apt.conf.d/99-drift",
     ),
     "unattended upgrades: the upgrade timer disabled": (
         "systemctl disable --now apt-daily-upgrade.timer",
@@ -212,31 +212,36 @@ def test_drift_is_reported_repaired_and_stays_repaired(admin_key):
     vault_password = os.environ["MLFLOW_TEST_ADMIN_PASSWORD"]
     out_of_band = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(24))
 
-    # The admin password changed through the API, as a user with the
-    # password could; the vault stays the source of truth.
-    changed = requests.patch(
-        f"https://{ip_of(DRIFTED)}/api/2.0/mlflow/users/update-password",
-        json={"username": "admin", "password": out_of_band, "current_password": vault_password},
-        auth=("admin", vault_password), verify=False, timeout=30,
-    )
-    assert changed.status_code == 200, changed.text
-    changed_at = time.monotonic()
-    assert authenticates(host, out_of_band) and not authenticates(host, vault_password)
-
-    for drift, (apply, _, repaired) in DRIFTS.items():
-        assert host.run(repaired).rc == 0, f"the host is not converged for: {drift}"
-        applied = host.run(apply)
-        assert applied.rc == 0, (drift, applied.stderr)
-        assert host.run(repaired).rc != 0, f"the check for {drift} cannot see the drift"
-    host.run_expect([0], "systemctl reload ssh")
-    assert "permitrootlogin yes" in effective_sshd(host, "root").splitlines()
-    assert "sudo" in host.user("mlflow").groups
     other = testinfra.get_host(f"podman://{SCENARIO_HOSTS[1]}")
     other_before = other.check_output("ufw show added; cat /etc/ssh/sshd_config; id mlflow")
+    changed_at = [0.0]
 
-    # Until the vault password's cached logins expire, the server still
-    # accepts it and the role cannot see the change.
-    time.sleep(max(0.0, AUTH_CACHE_TTL + 5 - (time.monotonic() - changed_at)))
+    def wait_for_the_login_cache():
+        # Until the vault password's cached logins expire, the server still
+        # accepts it and the role cannot see the change.
+        time.sleep(max(0.0, AUTH_CACHE_TTL + 5 - (time.monotonic() - changed_at[0])))
+
+    def drift_the_host():
+        # The admin password changed through the API, as a user with the
+        # password could; the vault stays the source of truth.
+        changed = requests.patch(
+            f"https://{ip_of(DRIFTED)}/api/2.0/mlflow/users/update-password",
+            json={"username": "admin", "password": out_of_band, "current_password": vault_password},
+            auth=("admin", vault_password), verify=False, timeout=30,
+        )
+        assert changed.status_code == 200, changed.text
+        changed_at[0] = time.monotonic()
+        assert authenticates(host, out_of_band) and not authenticates(host, vault_password)
+
+        for drift, (apply, _, repaired) in DRIFTS.items():
+            assert host.run(repaired).rc == 0, f"the host is not converged for: {drift}"
+            applied = host.run(apply)
+            assert applied.rc == 0, (drift, applied.stderr)
+            assert host.run(repaired).rc != 0, f"the check for {drift} cannot see the drift"
+        host.run_expect([0], "systemctl reload ssh")
+        assert "permitrootlogin yes" in effective_sshd(host, "root").splitlines()
+        assert "sudo" in host.user("mlflow").groups
+        wait_for_the_login_cache()
 
     def check_and_repair():
         check = run_playbook("--check", "--diff")
@@ -263,9 +268,12 @@ def test_drift_is_reported_repaired_and_stays_repaired(admin_key):
         assert recap(repair.stdout, SCENARIO_HOSTS[1])["changed"] == 0, "the other host changed"
 
     try:
+        drift_the_host()
         check_and_repair()
     except BaseException:
-        # Leave the host converged for the checks that follow this one.
+        # Leave the host converged (the vault's admin password included) for
+        # the checks that follow this one, whatever step failed.
+        wait_for_the_login_cache()
         run_playbook("--limit", DRIFTED)
         raise
 
@@ -273,6 +281,8 @@ def test_drift_is_reported_repaired_and_stays_repaired(admin_key):
     for drift, (_, _, repaired) in DRIFTS.items():
         result = host.run(repaired)
         assert result.rc == 0, f"still drifted: {drift}: {result.stdout} {result.stderr}"
+    assert host.check_output("apt-config dump APT::Periodic::Unattended-Upgrade") == \
+        'APT::Periodic::Unattended-Upgrade "1";'
     for user in ("root", "deploy"):
         effective = effective_sshd(host, user).splitlines()
         assert "permitrootlogin no" in effective and "passwordauthentication no" in effective, user
