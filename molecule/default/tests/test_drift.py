@@ -250,6 +250,9 @@ def test_drift_is_reported_repaired_and_stays_repaired(admin_key):
         for drift, (_, task, _) in DRIFTS.items():
             assert task in reported, f"--check did not report: {drift}"
         assert PASSWORD_TASK in reported, "--check did not report the admin password changed out of band"
+        # Two drifts share the proxy's removal task: each must be its own item.
+        for item in ("/etc/nginx/sites-enabled/default", "/etc/nginx/conf.d/drift.conf"):
+            assert re.search(rf"^changed: \[{DRIFTED}\] => \(item={re.escape(item)}\)", check.stdout, re.M), item
         # The diff shows the sshd line that would go.
         assert re.search(r"^-PermitRootLogin yes$", check.stdout, re.M), check.stdout[-3000:]
         # Check mode changed nothing.
