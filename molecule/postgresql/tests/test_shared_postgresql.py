@@ -4,6 +4,7 @@ PostgreSQL clients on the hosts, and the hosts' files and processes."""
 import base64
 import hashlib
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -288,6 +289,33 @@ def test_rerun_changes_nothing_and_never_prints_the_password():
                    for line in result.stdout.splitlines()), result.stdout[-2000:]
     for form in password_forms():
         assert form not in result.stdout
+
+
+def test_settings_made_with_alter_system_are_reported_and_undone():
+    """ALTER SYSTEM writes postgresql.auto.conf, read after every file of the
+    role: TLS switched off there would win. --check reports it, a run undoes
+    it, and the secondary connects over TLS again."""
+    psql("postgres", "ALTER SYSTEM SET ssl = off")
+    psql("postgres", "ALTER SYSTEM SET log_connections = off")
+    psql("postgres", "SELECT pg_reload_conf()")
+    time.sleep(2)
+    assert psql("postgres", "SHOW ssl") == "off"
+    task = "postgresql : Undo settings made with ALTER SYSTEM"
+    try:
+        check = run_playbook("--check", "--diff", "--limit", PRIMARY, "--tags", "postgresql")
+        assert check.returncode == 0, check.stdout[-3000:]
+        assert re.search(rf"TASK \[{re.escape(task)}\][^\n]*\n(?:(?!TASK \[).*\n)*?changed: \[{PRIMARY}\]",
+                         check.stdout), check.stdout[-3000:]
+        assert "-ssl = 'off'" in check.stdout, check.stdout[-3000:]
+        assert psql("postgres", "SHOW ssl") == "off"
+    finally:
+        repair = run_playbook("--limit", PRIMARY, "--tags", "postgresql")
+    assert repair.returncode == 0, repair.stdout[-3000:]
+    assert psql("postgres", "SHOW ssl") == "on"
+    assert psql("postgres", "SELECT count(*) FROM pg_file_settings WHERE sourcefile LIKE '%postgresql.auto.conf'") == "0"
+    assert connect_from_secondary("require", secret("database_password")) == "CONNECTED ssl=True"
+    again = run_playbook("--limit", PRIMARY, "--tags", "postgresql")
+    assert again.returncode == 0 and re.search(rf"^{PRIMARY}\s*:.*changed=0", again.stdout, re.M), again.stdout[-3000:]
 
 
 # --- Restarts ---------------------------------------------------------------------------------
