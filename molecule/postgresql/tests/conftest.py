@@ -35,10 +35,25 @@ def host_name(host) -> str:
     return host.backend.name
 
 
+def verbose_logs() -> Path:
+    """Where every run of the checks keeps its -vvv output, searched for
+    secrets by test_unseen_secrets.py (the last file to run)."""
+    path = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "vvv-logs"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
 def run_playbook(*args: str, playbook: str = "", timeout: int = 1200) -> subprocess.CompletedProcess:
-    """Run the scenario's converge playbook again (or another one), with Molecule's inventory and config."""
+    """Run the scenario's converge playbook again (or another one), with
+    Molecule's inventory and config, at -vvv: what an operator debugging a
+    run would see must hold no secret either. The output is kept."""
     scenario_dir = Path(__file__).resolve().parent.parent
     path = playbook or str(scenario_dir / "converge.yml")
-    cmd = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], path, *args]
+    cmd = ["ansible-playbook", "-vvv", "-i", os.environ["MOLECULE_INVENTORY_FILE"], path, *args]
     env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
-    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout, env=env)
+    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout, env=env)
+    logs = verbose_logs()
+    log = logs / f"{len(list(logs.iterdir())):02d}-{Path(path).stem}.log"
+    log.write_text(" ".join(cmd) + "\n" + result.stdout)
+    log.chmod(0o600)
+    return result
