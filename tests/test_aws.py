@@ -111,8 +111,12 @@ def ours(aws_env) -> list[dict]:
         ({"aws_resources_admin_cidrs": ["10.0.0.1/8"]}, "aws_resources_admin_cidrs"),
         ({"aws_resources_https_cidrs": ["300.1.2.0/24"]}, "aws_resources_https_cidrs"),
         ({"aws_resources_admin_cidrs": ["0.0.0.0/0"]}, "aws_resources_admin_cidrs"),
+        ({"aws_resources_lifecycle_prefix": ""}, "aws_resources_lifecycle_prefix"),
+        ({"aws_resources_lifecycle_prefix": "backups/"}, "mlflow_backup_s3_prefix"),
+        ({"aws_resources_lifecycle_prefix": "team/", "mlflow_backup_s3_prefix": "team/backups"}, "mlflow_backup_s3_prefix"),
     ],
-    ids=["no-region", "no-bucket", "bad-bucket", "cidr-host-bits", "bad-https-cidr", "ssh-from-anywhere"],
+    ids=["no-region", "no-bucket", "bad-bucket", "cidr-host-bits", "bad-https-cidr", "ssh-from-anywhere",
+         "tiering-whole-bucket", "tiering-the-backups", "backups-inside-tiered-prefix"],
 )
 def test_preflight_refuses_bad_input(aws_env, workdir, override, variable):
     # Another environment (staging) and bucket, so this test is independent of
@@ -176,6 +180,8 @@ def test_bucket(first_run, aws_env):
     assert sse["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
     (rule,) = s3.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]
     assert rule["Status"] == "Enabled"
+    # Only the artifacts are tiered: the backups (prefix `backups`) never go to GLACIER.
+    assert rule["Filter"] == {"Prefix": "mlflow-artifacts/"}, rule
     assert {(t["Days"], t["StorageClass"]) for t in rule["Transitions"]} == {(30, "STANDARD_IA"), (90, "GLACIER")}
     tags = {t["Key"]: t["Value"] for t in s3.get_bucket_tagging(Bucket=BUCKET)["TagSet"]}
     assert tags == {"Project": "mlflow", "Environment": ENVIRONMENT, "ManagedBy": "ansible"}
