@@ -93,6 +93,12 @@ DRIFTS = {
         "mlflow_venv : Create the home and data directory",
         "[ \"$(stat -c %a /var/lib/mlflow)\" = 750 ]",
     ),
+    "service user: a record of an 'earlier artifact store' planted for root to copy from": (
+        "runuser -u mlflow -- sh -c 'printf %s {\\\"mode\\\":\\\"local\\\",\\\"path\\\":\\\"/etc\\\"}"
+        " > /var/lib/mlflow/.mlflow-artifacts-store.json'",
+        "mlflow_service : Remove the record an earlier release kept in the data directory",
+        "[ ! -e /var/lib/mlflow/.mlflow-artifacts-store.json ] && [ -s /var/lib/mlflow-ansible/artifacts-store.json ]",
+    ),
     "AWS profile: a line added to its config file": (
         "echo 'ca_bundle = /tmp/drift.pem' >> /etc/mlflow/aws/config",
         "aws_profile : Write the profile's config file",
@@ -109,9 +115,11 @@ DRIFTS = {
         "mlflow_service : Write the systemd unit",
         "[ \"$(systemctl show -P NoNewPrivileges mlflow)\" = yes ]",
     ),
-    "MLflow: a drop-in that overrides the unit": (
-        "mkdir -p /etc/systemd/system/mlflow.service.d && printf '[Service]\\nEnvironment=MLFLOW_DRIFT=1\\n'"
-        " > /etc/systemd/system/mlflow.service.d/override.conf && systemctl daemon-reload",
+    "MLflow: drop-ins that override the unit (systemctl edit, and one in the vendor directory)": (
+        "mkdir -p /etc/systemd/system/mlflow.service.d /usr/lib/systemd/system/mlflow.service.d"
+        " && printf '[Service]\\nEnvironment=MLFLOW_DRIFT=1\\n' > /etc/systemd/system/mlflow.service.d/override.conf"
+        " && printf '[Service]\\nEnvironment=MLFLOW_DRIFT_VENDOR=1\\n' > /usr/lib/systemd/system/mlflow.service.d/vendor.conf"
+        " && systemctl daemon-reload",
         "mlflow_service : Remove those drop-ins",
         "[ -z \"$(systemctl show -P DropInPaths mlflow)\" ] && ! systemctl show -P Environment mlflow | grep -q DRIFT",
     ),
