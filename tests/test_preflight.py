@@ -35,6 +35,13 @@ def test_cron_schedules_with_ranges_lists_steps_and_names_pass():
     assert result.returncode == 0, result.stdout[-3000:]
 
 
+def test_extra_aws_settings_pass():
+    result = preflight({"aws_profile_mode": "instance_role", "aws_profile_region": "eu-central-1",
+                        "aws_profile_config_extra": {"retry_mode": "standard", "max_attempts": 5,
+                                                     "use_fips_endpoint": False}})
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
 @pytest.mark.parametrize("extra", [
     # Any notation of the controller's address or a network around it.
     {"hardening_ssh_allow_from": ["203.0.113.7/32"], "_hardening_controller_address": "203.0.113.7"},
@@ -83,6 +90,12 @@ def test_allow_lists_that_keep_the_controller_in_pass(extra):
     ({"mlflow_venv_version": ">=3"}, "mlflow_venv_version"),
     ({"mlflow_proxy_tls_mode": "provided"}, "mlflow_proxy_tls_cert"),
     ({"mlflow_backup_retention": 0}, "mlflow_backup_retention: 0 must be at least 1"),
+    # A value that would add a profile of its own to the AWS config file.
+    ({"aws_profile_mode": "instance_role", "aws_profile_region": "eu-central-1",
+      "aws_profile_config_extra": {"retry_mode": "standard\n[profile x]\ncredential_process = /bin/sh"}},
+     "aws_profile_config_extra: 'retry_mode'"),
+    ({"aws_profile_mode": "instance_role", "aws_profile_region": "eu-central-1",
+      "aws_profile_config_extra": {"s3 addressing": "path"}}, "aws_profile_config_extra: 's3 addressing'"),
     # Backups inside what the server serves.
     ({"mlflow_backup_local_dir": "/var/lib/mlflow/artifacts/backups"}, "mlflow_backup_local_dir ('/var/lib/mlflow/artifacts/backups')"),
     ({"mlflow_service_local_artifacts_dir": "/var/lib/mlflow/backups/"}, "must not contain one another"),
