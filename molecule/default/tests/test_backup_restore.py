@@ -1,7 +1,9 @@
 """Scheduled backups (mlflow_backup role) and the restore playbook, as an
-operator sees them: the cron job's own command run as the service user,
-archives on disk and in the bucket, the lock, retention, a failed upload, and
-a restore after the databases are destroyed while clients keep logging."""
+operator sees them: the cron job's own command run as cron runs it (root,
+which has the backup made as the service user and records it in its ledger),
+archives on disk and in the bucket, the lock, retention, a failed upload, an
+archive the service planted or replaced, and a restore after the databases
+are destroyed while clients keep logging."""
 import hashlib
 import json
 import os
@@ -28,6 +30,7 @@ RETENTION = 3
 LOCAL_DIR = "/var/lib/mlflow/backups"
 STATE_DIR = "/var/lib/mlflow-backup"
 STATUS_FILE = f"{STATE_DIR}/last-success"
+LEDGER = "/var/lib/mlflow-backup.ledger"
 S3 = testinfra.get_host("podman://s3")
 
 # The exit codes mlflow-backup documents.
@@ -35,17 +38,28 @@ EXIT_S3, EXIT_LOCKED = 4, 75
 
 
 def cron_command(host, name: str) -> str:
-    """The command part of the job in /etc/cron.d/NAME (checked to run as mlflow)."""
+    """The command part of the job in /etc/cron.d/NAME (checked to run as
+    root for the backup, as mlflow for the gc)."""
     lines = [line for line in host.file(f"/etc/cron.d/{name}").content_string.splitlines()
              if line.strip() and not line.startswith("#")]
     assert len(lines) == 1, lines
     fields = lines[0].split(None, 6)
-    assert fields[5] == "mlflow", lines[0]
+    assert fields[5] == ("root" if name == "mlflow-backup" else "mlflow"), lines[0]
     return fields[6]
 
 
 def run_as_mlflow(host, command: str):
     return host.run(f"runuser -u mlflow -- sh -c {shlex.quote(command)}")
+
+
+def run_backup_job(host):
+    """The backup job's command, as cron runs it (root)."""
+    return host.run(cron_command(host, "mlflow-backup"))
+
+
+def ledger(host) -> dict[str, str]:
+    return {name: digest for digest, name in (line.split("  ", 1) for line in
+                                              host.file(LEDGER).content_string.splitlines())}
 
 
 def s3_keys(prefix: str) -> list[str]:
@@ -72,9 +86,9 @@ def db_rows(host, db: str, query: str) -> set[str]:
     return set(host.check_output(f"/opt/mlflow/venv/bin/python -c {shlex.quote(code)}").split())
 
 
-def test_cron_entries_run_as_the_service_user(host):
+def test_cron_entries_are_roots_and_run_the_jobs(host):
     # Root's files in /etc/cron.d: the service user cannot change its own jobs.
-    for name, job in (("mlflow-backup", r"15 2 \* \* \* mlflow /usr/local/sbin/mlflow-backup create --quiet"),
+    for name, job in (("mlflow-backup", r"15 2 \* \* \* root /usr/local/sbin/mlflow-backup create --quiet"),
                       ("mlflow-gc", r"45 3 \* \* \* mlflow /usr/local/sbin/mlflow-gc --quiet")):
         cron = host.file(f"/etc/cron.d/{name}")
         assert (cron.user, cron.group, cron.mode) == ("root", "root", 0o644)
@@ -93,12 +107,17 @@ def test_cron_entries_run_as_the_service_user(host):
 
 def test_scheduled_job_writes_archive_and_checksum_locally_and_to_the_bucket(host, host_name):
     before = host.file(STATUS_FILE).content_string if host.file(STATUS_FILE).exists else ""
-    result = run_as_mlflow(host, cron_command(host, "mlflow-backup"))
+    result = run_backup_job(host)
     assert result.rc == 0, result.stderr
+    assert result.stdout == ""  # --quiet: cron mails nothing on success
     newest = host_backups_local(host, host_name)[-1]
     assert newest not in before
     archive = host.file(f"{LOCAL_DIR}/{newest}")
     assert (archive.user, archive.mode) == ("mlflow", 0o600)
+    # Recorded by root, in a file the service cannot write.
+    assert ledger(host)[newest] == host.file(f"{LOCAL_DIR}/{newest}").sha256sum
+    assert (host.file(LEDGER).user, host.file(LEDGER).mode) == ("root", 0o644)
+    assert run_as_mlflow(host, f"test -w {LEDGER} || test -w /var/lib").rc != 0
     assert (host.file(LOCAL_DIR).user, host.file(LOCAL_DIR).mode) == ("mlflow", 0o700)
     # A checksum file in sha256sum's own format, and both databases inside.
     assert host.run(f"cd {LOCAL_DIR} && sha256sum --check --status {newest}.sha256").rc == 0
@@ -120,18 +139,17 @@ def test_scheduled_job_writes_archive_and_checksum_locally_and_to_the_bucket(hos
 
 def test_second_run_is_refused_while_one_holds_the_lock(host):
     command = cron_command(host, "mlflow-backup")
-    holder = run_as_mlflow(host, f"flock {STATE_DIR}/lock sleep 20 >/dev/null 2>&1 & sleep 1; {command}; echo rc=$?")
+    holder = host.run(f"runuser -u mlflow -- flock {STATE_DIR}/lock sleep 20 >/dev/null 2>&1 & sleep 1; {command}; echo rc=$?")
     assert "rc=75" in holder.stdout, holder.stdout + holder.stderr
     assert "another mlflow-backup run holds" in holder.stderr
     # Released again: the next run works.
     time.sleep(20)
-    assert run_as_mlflow(host, command).rc == 0
+    assert run_backup_job(host).rc == 0
 
 
 def test_retention_prunes_locally_and_in_the_bucket(host, host_name):
-    command = cron_command(host, "mlflow-backup")
     for _ in range(RETENTION + 1):
-        assert run_as_mlflow(host, command).rc == 0
+        assert run_backup_job(host).rc == 0
     local, remote = host_backups_local(host, host_name), host_backups_s3(host_name)
     assert len(local) == RETENTION, local
     assert remote == local, (remote, local)
@@ -146,7 +164,7 @@ def test_failed_upload_keeps_local_copy_and_reports_failure(host, host_name):
     remote_before = host_backups_s3(host_name)
     host.run_expect([0], f"iptables -I {rule}")
     try:
-        result = run_as_mlflow(host, cron_command(host, "mlflow-backup"))
+        result = run_backup_job(host)
     finally:
         host.run_expect([0], f"iptables -D {rule}")
     assert result.rc == EXIT_S3, (result.rc, result.stderr)
@@ -158,6 +176,34 @@ def test_failed_upload_keeps_local_copy_and_reports_failure(host, host_name):
     assert host_backups_s3(host_name) == remote_before
     journal = host.check_output("journalctl -t mlflow-backup -p err --since -5min --no-pager -o cat")
     assert f"upload of {newest}" in journal
+    # Complete locally, so recorded: a restore may still pick it.
+    assert newest in ledger(host)
+
+
+def test_an_archive_planted_or_replaced_by_the_service_is_never_the_default_restore(host, host_name):
+    fetch = "/usr/local/sbin/mlflow-backup fetch latest"
+    recorded = host_backups_local(host, host_name)[-1]
+    assert recorded in ledger(host)
+    # Newer than every real one, valid format, with its own checksum file.
+    planted = f"mlflow-backup-{host_name}-29991231T000000Z.tar.gz"
+    run_as_mlflow(host, f"cp {LOCAL_DIR}/{host_backups_local(host, host_name)[0]} {LOCAL_DIR}/{planted}"
+                        f" && cd {LOCAL_DIR} && sha256sum {planted} > {planted}.sha256")
+    original = f"/root/{recorded}.orig"
+    try:
+        assert host.check_output(fetch).splitlines()[-1] == f"{LOCAL_DIR}/{recorded}"
+        # The newest recorded archive replaced by an older (valid) one, with a
+        # matching checksum file: the ledger's checksum refuses it.
+        host.run_expect([0], f"cp -p {LOCAL_DIR}/{recorded} {original} && cp -p {LOCAL_DIR}/{recorded}.sha256 {original}.sha256")
+        older = host_backups_local(host, host_name)[0]
+        run_as_mlflow(host, f"cp {LOCAL_DIR}/{older} {LOCAL_DIR}/{recorded}"
+                            f" && cd {LOCAL_DIR} && sha256sum {recorded} > {recorded}.sha256")
+        refused = host.run(fetch)
+        assert refused.rc == 5 and "not the archive" in refused.stderr, (refused.rc, refused.stderr)
+    finally:
+        host.run(f"rm -f {LOCAL_DIR}/{planted} {LOCAL_DIR}/{planted}.sha256")
+        host.run(f"test -e {original} && cp -p {original} {LOCAL_DIR}/{recorded}"
+                 f" && cp -p {original}.sha256 {LOCAL_DIR}/{recorded}.sha256 && rm {original} {original}.sha256")
+    assert host.check_output(fetch).splitlines()[-1] == f"{LOCAL_DIR}/{recorded}"
 
 
 # --- restore ---------------------------------------------------------------------------------
@@ -210,7 +256,7 @@ def test_restore_after_the_databases_are_destroyed(host, host_name, tmp_path):
         time.sleep(5)
         runs_before = db_rows(host, "mlflow.db", "SELECT run_uuid FROM runs")
         users_before = db_rows(host, "auth.db", "SELECT username FROM users")
-        backup = run_as_mlflow(host, cron_command(host, "mlflow-backup"))
+        backup = run_backup_job(host)
         time.sleep(5)
     finally:
         stop.touch()

@@ -135,7 +135,7 @@ DRIFTS = {
     ),
     "backups: a line added to the backup job's cron file": (
         "echo '* * * * * root touch /tmp/cron-drift' >> /etc/cron.d/mlflow-backup",
-        "mlflow_backup : Schedule the backup as the service user",
+        "mlflow_backup : Schedule the backup",
         "! grep -q cron-drift /etc/cron.d/mlflow-backup",
     ),
     "backups: the backup program tampered with": (

@@ -46,7 +46,7 @@ def counts() -> tuple[str, str]:
 def test_periodic_jobs_only_on_the_primary():
     jobs = "/etc/cron.d/mlflow-backup /etc/cron.d/mlflow-gc"
     primary = HOSTS[PRIMARY].check_output(f"cat {jobs}")
-    assert "mlflow /usr/local/sbin/mlflow-backup create" in primary and "mlflow /usr/local/sbin/mlflow-gc" in primary
+    assert "root /usr/local/sbin/mlflow-backup create" in primary and "mlflow /usr/local/sbin/mlflow-gc" in primary
     assert HOSTS[SECONDARY].check_output(f"ls {jobs} 2>&1 || true").count("No such file") == 2
     for name in (PRIMARY, SECONDARY):
         assert not HOSTS[name].file("/var/spool/cron/crontabs/mlflow").exists, name

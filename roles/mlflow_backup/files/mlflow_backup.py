@@ -2,7 +2,12 @@
 
 Installed by the mlflow_backup role (mlflow-ansible) and run by the MLflow
 venv's Python (boto3 for S3; standard library otherwise) through the
-/usr/local/sbin/mlflow-backup wrapper, as the service user.
+/usr/local/sbin/mlflow-backup wrapper, as the service user. Root runs only
+`create` itself: it makes the backup as the service user, then records the
+new archive's checksum in a ledger of its own, which the service cannot
+write. `fetch latest` takes the newest archive the ledger knows (and checks
+its checksum against it), so an archive the service planted, locally or in
+the bucket, never becomes the default restore.
 
 The database URIs are read from the server's own configuration (the
 EnvironmentFile's MLFLOW_BACKEND_STORE_URI and the basic-auth ini's
@@ -11,10 +16,11 @@ in a log line. Settings without secrets come from a JSON file (--config).
 
 Subcommands:
   create [--label LABEL]   back up both databases; last stdout line: the archive path
+                           (as root: made as the service user, then recorded in the ledger)
   list [--json]            backups of this host (local and S3), newest first
   verify FILE              checksum, manifest and database integrity of an archive
   fetch [NAME|latest]      make a backup local (downloading it in S3 mode), verify it,
-                           print its path
+                           print its path; latest = the newest the ledger records
   restore FILE             put the databases of a verified archive in place (service
                            stopped), keeping the replaced ones aside
 
@@ -257,7 +263,7 @@ class Backup:
             return []
 
     # --- create ---------------------------------------------------------------------------
-    def create(self, label):
+    def create(self, label, print_path=False):
         if label and not LABEL_RE.match(label):
             raise Failure(EXIT_USAGE, f"label '{label}' must be 1-40 of letters, digits, '_.-'")
         databases = self.databases()
@@ -303,6 +309,9 @@ class Backup:
         digest = sha256_of(final)
         write_atomic(final + ".sha256", f"{digest}  {name}\n", 0o600)
         log(f"created {final} ({os.path.getsize(final)} bytes, sha256 {digest})")
+        # Complete and valid locally: root records it even if the upload fails.
+        if not QUIET[0] or print_path:
+            print(final, flush=True)
         self.prune_local(label)
         if self.s3_mode:
             try:
@@ -387,11 +396,19 @@ class Backup:
         return [(n, found[n]) for n in self.newest_first(found)]
 
     def fetch(self, name):
+        ledger = read_ledger(self.c["ledger_file"])
         if name in (None, "", "latest"):
             backups = self.inventory()
+            if ledger is not None:
+                backups = [b for b in backups if b[0] in ledger]
             if not backups:
-                raise Failure(EXIT_USAGE, f"no backup of host {self.host} found in {self.where()}")
+                raise Failure(EXIT_USAGE, f"no backup of host {self.host} found in {self.where()}"
+                              + ("" if ledger is None else f" that {self.c['ledger_file']} records; "
+                                 "name one explicitly (mlflow-backup list --all-hosts)"))
             name = backups[0][0]
+            if ledger is None:
+                log(f"no ledger ({self.c['ledger_file']}, a new host): the newest backup found, {name}, "
+                    "is trusted as it is", syslog.LOG_WARNING)
         if not self.parse(name) or "/" in name:
             raise Failure(EXIT_USAGE, f"'{name}' is not a backup name (mlflow-backup-HOST-YYYYmmddTHHMMSSZ[-LABEL].tar.gz)")
         path = os.path.join(self.local_dir, name)
@@ -408,6 +425,9 @@ class Backup:
                 raise Failure(EXIT_S3, f"download of {name} from {self.s3_location()} failed: {exc}") from exc
             log(f"downloaded {name} from {self.s3_location()}")
         verify(path)
+        if ledger is not None and name in ledger and sha256_of(path) != ledger[name]:
+            raise Failure(EXIT_VERIFY, f"{name} is not the archive {self.c['ledger_file']} records "
+                                       "(checksum differs): it was replaced after it was made")
         return path
 
     def where(self):
@@ -476,6 +496,58 @@ def sha256_of(path):
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_ledger(path):
+    """name -> sha256 of the archives root recorded; None without a ledger."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        return None
+    ledger = {}
+    for line in lines:
+        digest, _, name = line.partition("  ")
+        if re.fullmatch(r"[0-9a-f]{64}", digest) and NAME_RE.match(name):
+            ledger[name] = digest
+    return ledger
+
+
+LEDGER_KEEP = 1000
+
+
+def create_and_record(config_path, config, label, quiet):
+    """Root: the backup is made by the service user (this program, run by
+    runuser), then root records the new archive's checksum in the ledger.
+    Reads the archive without following links (the directory is the
+    service's). Returns the exit code of the backup."""
+    argv = (["runuser", "-u", config["user"], "--", sys.executable, "-I", os.path.abspath(__file__),
+            "--config", config_path, "create", "--print-path"] + (["--label", label] if label else [])
+            + (["--quiet"] if quiet else []))
+    made = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False)
+    lines = made.stdout.splitlines()
+    if not lines:
+        return made.returncode
+    path = lines[-1]
+    name = os.path.basename(path)
+    if os.path.dirname(path) != config["local_dir"].rstrip("/") or not NAME_RE.match(name):
+        raise Failure(EXIT_ERROR, f"the backup printed '{path}', not an archive in {config['local_dir']}")
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    digest = hashlib.sha256()
+    with os.fdopen(fd, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    ledger_path = config["ledger_file"]
+    try:
+        with open(ledger_path, encoding="utf-8") as handle:
+            kept = handle.read().splitlines()[-(LEDGER_KEEP - 1):]
+    except FileNotFoundError:
+        kept = []
+    write_atomic(ledger_path, "\n".join(kept + [f"{digest.hexdigest()}  {name}"]) + "\n", 0o644)
+    log(f"recorded {name} in {ledger_path}")
+    if not quiet:
+        print(path)
+    return made.returncode
 
 
 def write_atomic(path, content, mode):
@@ -582,6 +654,7 @@ def main(argv=None):
     create = sub.add_parser("create", help="back up both databases; prints the archive path last")
     create.add_argument("--label", default="")
     create.add_argument("--quiet", action="store_true", help="log to syslog only, print nothing unless it fails (cron)")
+    create.add_argument("--print-path", action="store_true", help=argparse.SUPPRESS)  # root's inner call
     listing = sub.add_parser("list", help="backups of this host, newest first")
     listing.add_argument("--json", action="store_true")
     listing.add_argument("--all-hosts", action="store_true")
@@ -612,12 +685,12 @@ def main(argv=None):
                 for name, where in backups:
                     print(f"{name}\t{','.join(where)}")
             return EXIT_OK
+        if args.command == "create" and os.geteuid() == 0:
+            return create_and_record(os.path.abspath(args.config), config, args.label, args.quiet)
         os.makedirs(os.path.dirname(config["lock_file"]), exist_ok=True)
         with locked(config["lock_file"]):
             if args.command == "create":
-                path = backup.create(args.label)
-                if path and not args.quiet:
-                    print(path)
+                backup.create(args.label, args.print_path)
             elif args.command == "fetch":
                 print(backup.fetch(args.name))
             elif args.command == "restore":
