@@ -42,7 +42,7 @@ def test_molecule_runs_with_the_projects_ansible_settings():
     ours.read(ROOT / "ansible.cfg")
     base = yaml.safe_load((ROOT / ".config/molecule/config.yml").read_text())
     theirs = base["provisioner"]["config_options"]
-    paths = {"roles_path", "inventory", "collections_path", "fact_caching_connection"}
+    paths = {"roles_path", "inventory", "collections_path", "fact_caching_connection", "strategy_plugins"}
     for section in ours.sections():
         for key, value in ours.items(section):
             if key in paths:
