@@ -15,6 +15,11 @@ description:
   - Users (other than the admin) and grants the list does not name are
     reported in C(unlisted); with O(prune=true) they are deleted and revoked.
   - Supports check mode and diff (no password is ever shown).
+notes:
+  - A password is checked by logging in with it. With the server's
+    C(auth_cache_ttl_seconds) above 0, a worker that accepted the old
+    password within that many seconds still accepts it, so a password changed
+    out of band that recently can go unnoticed until the cache entry expires.
 options:
   api_url:
     description: The server's own listener, e.g. http://127.0.0.1:5000.
@@ -58,11 +63,13 @@ actions:
 
 import base64
 import json
+import socket
+import ssl
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlencode
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.urls import open_url
+from ansible.module_utils.urls import ConnectionError as UrlConnectionError, open_url
 
 USER_ROLE_PREFIX = "__user_"  # the per-user role MLflow keeps direct grants in
 
@@ -90,6 +97,10 @@ class Api:
             status, text = error.code, error.read()
         except URLError as error:
             self.module.fail_json(msg=f"MLflow's API at {self.base} cannot be reached: {error.reason}")
+        except (UrlConnectionError, OSError, ssl.SSLError, socket.timeout, ValueError) as error:
+            # Connection reset or refused, a TLS failure (open_url's own
+            # SSLValidationError is a ConnectionError), a timeout.
+            self.module.fail_json(msg=f"{method} {path} at {self.base} failed: {error}")
         if status not in ok:
             # The body names MLflow's error; it never holds the request's password.
             self.module.fail_json(msg=f"{method} {path} answered {status}: {text[:500]!r}")
@@ -112,6 +123,7 @@ def main() -> None:
             "admin_password": {"type": "str", "required": True, "no_log": True},
             "users": {
                 "type": "list", "elements": "dict", "required": True,
+                "required_if": [["state", "present", ["password"]]],
                 "options": {
                     "name": {"type": "str", "required": True},
                     "password": {"type": "str", "no_log": True},
