@@ -113,7 +113,10 @@ def test_scheduled_job_writes_archive_and_checksum_locally_and_to_the_bucket(hos
     newest = host_backups_local(host, host_name)[-1]
     assert newest not in before
     archive = host.file(f"{LOCAL_DIR}/{newest}")
-    assert (archive.user, archive.mode) == ("mlflow", 0o600)
+    # Made by the service, then taken over by root: readable (the upload),
+    # no longer writable by the service.
+    assert (archive.user, archive.group, archive.mode) == ("root", "mlflow", 0o640)
+    assert run_as_mlflow(host, f"test -w {LOCAL_DIR}/{newest}").rc != 0
     # Recorded by root, in a file the service cannot write.
     assert ledger(host)[newest] == host.file(f"{LOCAL_DIR}/{newest}").sha256sum
     assert (host.file(LEDGER).user, host.file(LEDGER).mode) == ("root", 0o644)
@@ -192,13 +195,18 @@ def test_an_archive_planted_or_replaced_by_the_service_is_never_the_default_rest
     try:
         assert host.check_output(fetch).splitlines()[-1] == f"{LOCAL_DIR}/{recorded}"
         # The newest recorded archive replaced by an older (valid) one, with a
-        # matching checksum file: the ledger's checksum refuses it.
+        # matching checksum file: root's archive cannot be rewritten in place,
+        # only renamed over, and the ledger's checksum refuses what is there
+        # then, for fetch and for restore alike.
         host.run_expect([0], f"cp -p {LOCAL_DIR}/{recorded} {original} && cp -p {LOCAL_DIR}/{recorded}.sha256 {original}.sha256")
         older = host_backups_local(host, host_name)[0]
-        run_as_mlflow(host, f"cp {LOCAL_DIR}/{older} {LOCAL_DIR}/{recorded}"
+        assert run_as_mlflow(host, f"cp {LOCAL_DIR}/{older} {LOCAL_DIR}/{recorded}").rc != 0
+        run_as_mlflow(host, f"cp {LOCAL_DIR}/{older} {LOCAL_DIR}/.swap && mv -f {LOCAL_DIR}/.swap {LOCAL_DIR}/{recorded}"
                             f" && cd {LOCAL_DIR} && sha256sum {recorded} > {recorded}.sha256")
         refused = host.run(fetch)
         assert refused.rc == 5 and "not the archive" in refused.stderr, (refused.rc, refused.stderr)
+        refused = host.run(f"/usr/local/sbin/mlflow-backup restore {LOCAL_DIR}/{recorded}")
+        assert refused.rc == 5 and LEDGER in refused.stderr, (refused.rc, refused.stderr)
     finally:
         host.run(f"rm -f {LOCAL_DIR}/{planted} {LOCAL_DIR}/{planted}.sha256")
         host.run(f"test -e {original} && cp -p {original} {LOCAL_DIR}/{recorded}"

@@ -40,10 +40,12 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import pwd
 import re
 import shutil
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import syslog
@@ -435,7 +437,39 @@ class Backup:
 
     # --- restore --------------------------------------------------------------------------
     def restore(self, path, force):
-        manifest = verify(path)
+        with self.opened(path) as (archive, recorded):
+            self.restore_from(archive, recorded, force, os.path.basename(path))
+
+    @contextlib.contextmanager
+    def opened(self, path):
+        """The archive at path, opened once without following a link, as a
+        path to that open file, and the checksum it must have: the ledger's
+        for an archive root recorded (a file swapped in under its name since
+        fetch does not match it), else its .sha256 file's."""
+        dir_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fd = os.open(os.path.basename(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise Failure(EXIT_VERIFY, f"{path} is not a regular file")
+            name = os.path.basename(path)
+            ledger = read_ledger(self.c["ledger_file"]) or {}
+            if os.path.dirname(path) == self.local_dir.rstrip("/") and name in ledger:
+                recorded = (ledger[name], self.c["ledger_file"])
+            else:
+                try:
+                    with open(path + ".sha256", encoding="utf-8") as handle:
+                        recorded = (handle.read().split()[0], f"{name}.sha256")
+                except (OSError, IndexError) as exc:
+                    raise Failure(EXIT_VERIFY, f"{path}.sha256 is missing or empty") from exc
+            yield f"/proc/self/fd/{fd}", recorded
+        finally:
+            os.close(fd)
+
+    def restore_from(self, path, recorded, force, name):
+        manifest = verify(path, recorded, name)
         unit = self.c.get("service_unit", "mlflow.service")
         active = subprocess.run(["systemctl", "is-active", "--quiet", unit], capture_output=True).returncode == 0
         if active and not force:
@@ -443,7 +477,7 @@ class Backup:
         databases = {db.name: db for db in self.databases()}
         aside = os.path.join(self.c["aside_dir"], dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
         os.makedirs(aside, mode=0o700, exist_ok=True)
-        log(f"restoring {os.path.basename(path)}; replaced databases go to {aside}")
+        log(f"restoring {name}; replaced databases go to {aside}")
         with tempfile.TemporaryDirectory(prefix=".restore-", dir=self.local_dir) as tmp:
             extract(path, manifest, tmp)
             for entry in manifest["databases"]:
@@ -518,36 +552,63 @@ LEDGER_KEEP = 1000
 
 def create_and_record(config_path, config, label, quiet):
     """Root: the backup is made by the service user (this program, run by
-    runuser), then root records the new archive's checksum in the ledger.
-    Reads the archive without following links (the directory is the
-    service's). Returns the exit code of the backup."""
+    runuser), then root records the new archive's checksum in the ledger and
+    takes the archive over (root:service group, 0640), so the service can
+    still read (upload) and delete (prune) it but no longer rewrite it.
+    The archive is hashed as soon as the child names it, while the child goes
+    on to upload and prune, and it is read without following links: the
+    directory is the service's. Returns the exit code of the backup."""
     argv = (["runuser", "-u", config["user"], "--", sys.executable, "-I", os.path.abspath(__file__),
             "--config", config_path, "create", "--print-path"] + (["--label", label] if label else [])
             + (["--quiet"] if quiet else []))
-    made = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False)
-    lines = made.stdout.splitlines()
-    if not lines:
-        return made.returncode
-    path = lines[-1]
-    name = os.path.basename(path)
-    if os.path.dirname(path) != config["local_dir"].rstrip("/") or not NAME_RE.match(name):
-        raise Failure(EXIT_ERROR, f"the backup printed '{path}', not an archive in {config['local_dir']}")
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    digest = hashlib.sha256()
-    with os.fdopen(fd, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    account = pwd.getpwnam(config["user"])
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as child:
+        # The child prints the path right after the archive is complete,
+        # before the upload; a backup with nothing to do prints nothing.
+        path = child.stdout.readline().strip()
+        recorded = None
+        if path:
+            recorded = take_over(path, config["local_dir"], account)
+        child.stdout.read()
+    if recorded is None:
+        return child.returncode
+    name, digest = recorded
     ledger_path = config["ledger_file"]
     try:
         with open(ledger_path, encoding="utf-8") as handle:
             kept = handle.read().splitlines()[-(LEDGER_KEEP - 1):]
     except FileNotFoundError:
         kept = []
-    write_atomic(ledger_path, "\n".join(kept + [f"{digest.hexdigest()}  {name}"]) + "\n", 0o644)
+    write_atomic(ledger_path, "\n".join(kept + [f"{digest}  {name}"]) + "\n", 0o644)
     log(f"recorded {name} in {ledger_path}")
     if not quiet:
         print(path)
-    return made.returncode
+    return child.returncode
+
+
+def take_over(path, local_dir, account):
+    """(name, sha256) of the archive the service user just made at path."""
+    name = os.path.basename(path)
+    if os.path.dirname(path) != local_dir.rstrip("/") or not NAME_RE.match(name):
+        raise Failure(EXIT_ERROR, f"the backup printed '{path}', not an archive in {local_dir}")
+    dir_fd = os.open(local_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != account.pw_uid or st.st_nlink != 1:
+            raise Failure(EXIT_ERROR, f"{path} is not a regular file of {account.pw_name} with one link: "
+                                      "not recorded")
+        # Taken over before it is hashed: from here the service cannot open
+        # it for writing.
+        os.fchown(fd, 0, account.pw_gid)
+        os.fchmod(fd, 0o640)
+        digest = hashlib.sha256()
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return name, digest.hexdigest()
 
 
 def write_atomic(path, content, mode):
@@ -600,15 +661,21 @@ def extract(path, manifest, directory):
                 raise Failure(EXIT_VERIFY, f"{path}: {entry['file']} does not match its checksum in the manifest")
 
 
-def verify(path):
-    name = os.path.basename(path)
-    try:
-        with open(path + ".sha256", encoding="utf-8") as handle:
-            expected = handle.read().split()[0]
-    except (OSError, IndexError) as exc:
-        raise Failure(EXIT_VERIFY, f"{path}.sha256 is missing or empty") from exc
+def verify(path, recorded=None, name=None):
+    """The archive's manifest, once its checksum (the .sha256 file's, or
+    recorded: (sha256, where it is recorded)), manifest and databases check."""
+    name = name or os.path.basename(path)
+    if recorded:
+        expected, source = recorded
+    else:
+        source = f"{name}.sha256"
+        try:
+            with open(path + ".sha256", encoding="utf-8") as handle:
+                expected = handle.read().split()[0]
+        except (OSError, IndexError) as exc:
+            raise Failure(EXIT_VERIFY, f"{path}.sha256 is missing or empty") from exc
     if sha256_of(path) != expected:
-        raise Failure(EXIT_VERIFY, f"{name}: SHA-256 does not match {name}.sha256")
+        raise Failure(EXIT_VERIFY, f"{name}: SHA-256 does not match {source}")
     manifest = read_manifest(path)
     with tempfile.TemporaryDirectory(prefix="mlflow-backup-verify-") as tmp:
         extract(path, manifest, tmp)
