@@ -101,6 +101,8 @@ def test_allow_lists_that_keep_the_controller_in_pass(extra):
     ({"mlflow_service_local_artifacts_dir": "/var/lib/mlflow/backups/"}, "must not contain one another"),
     ({"mlflow_service_artifacts_mode": "s3", "mlflow_service_s3_bucket": "artifacts-1", "aws_profile_mode": "instance_role", "aws_profile_region": "eu-central-1",
       "mlflow_backup_s3_prefix": "mlflow-artifacts/backups"}, "mlflow_backup_s3_prefix ('mlflow-artifacts/backups')"),
+    ({"mlflow_service_artifacts_mode": "s3", "mlflow_service_s3_bucket": "artifacts-1", "aws_profile_mode": "instance_role", "aws_profile_region": "eu-central-1",
+      "mlflow_service_s3_prefix": ""}, "an empty prefix is the whole bucket"),
     ({"mlflow_backup_schedule": "61 2 * * *"}, "mlflow_backup_schedule: '61 2 * * *' is not a cron schedule"),
     ({"mlflow_backup_schedule": "every night"}, "mlflow_backup_schedule: 'every night' is not a cron schedule"),
     ({"mlflow_backup_schedule": "15 2 * * mon-xyz"}, "mlflow_backup_schedule: '15 2 * * mon-xyz' is not a cron schedule"),
