@@ -54,9 +54,12 @@ BAD_INPUTS = [
 ]
 # What a run could change: files under the managed trees (compared by
 # modification time against a marker), packages, units, firewall, crontabs.
+# The admin's login session (its units come and go with the SSH connection
+# the runs share, kept open for 60 s after the last one) is not the host's
+# state.
 FINGERPRINT = (
     "dpkg-query -W; systemctl list-units --all --no-legend --plain"
-    " | grep -Ev '^(session-[0-9]+\\.scope|user@|user-runtime-dir@|user-[0-9]+\\.slice)' | sort; "
+    " | grep -Ev '^(session-[0-9]+\\.scope|user@|user-runtime-dir@|user-[0-9]+\\.slice|run-user-[0-9]+\\.mount)' | sort; "
     "systemctl list-unit-files --no-legend | sort; ufw show added; ufw status verbose; "
     "ls -la --time-style=full-iso /etc/cron.d /var/spool/cron/crontabs; id mlflow; id deploy"
 )

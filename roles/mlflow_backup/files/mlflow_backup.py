@@ -446,11 +446,14 @@ class Backup:
         path to that open file, and the checksum it must have: the ledger's
         for an archive root recorded (a file swapped in under its name since
         fetch does not match it), else its .sha256 file's."""
-        dir_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fd = os.open(os.path.basename(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
-        finally:
-            os.close(dir_fd)
+            dir_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fd = os.open(os.path.basename(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise Failure(EXIT_VERIFY, f"{path} cannot be opened (a link is never followed): {exc.strerror}") from exc
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise Failure(EXIT_VERIFY, f"{path} is not a regular file")
@@ -479,7 +482,7 @@ class Backup:
         os.makedirs(aside, mode=0o700, exist_ok=True)
         log(f"restoring {name}; replaced databases go to {aside}")
         with tempfile.TemporaryDirectory(prefix=".restore-", dir=self.local_dir) as tmp:
-            extract(path, manifest, tmp)
+            extract(path, manifest, tmp, name)
             for entry in manifest["databases"]:
                 db = databases.get(entry["name"])
                 if db is None or db.kind != entry["kind"]:
@@ -631,34 +634,36 @@ def mlflow_version():
         return "unknown"
 
 
-def read_manifest(path):
+def read_manifest(path, name=None):
+    name = name or path
     try:
         with tarfile.open(path, "r:gz") as tar:
             member = tar.getmember(MANIFEST)
             manifest = json.load(tar.extractfile(member))
     except (tarfile.TarError, KeyError, OSError, ValueError) as exc:
-        raise Failure(EXIT_VERIFY, f"{path}: not a readable backup archive: {exc}") from exc
+        raise Failure(EXIT_VERIFY, f"{name}: not a readable backup archive: {exc}") from exc
     if manifest.get("format") != FORMAT or not manifest.get("databases"):
-        raise Failure(EXIT_VERIFY, f"{path}: unknown manifest format")
+        raise Failure(EXIT_VERIFY, f"{name}: unknown manifest format")
     for entry in manifest["databases"]:
         if entry.get("file") not in (f"{entry.get('name')}.db", f"{entry.get('name')}.dump") \
                 or entry.get("name") not in ("tracking", "auth"):
-            raise Failure(EXIT_VERIFY, f"{path}: unexpected entry in the manifest: {entry.get('file')}")
+            raise Failure(EXIT_VERIFY, f"{name}: unexpected entry in the manifest: {entry.get('file')}")
     return manifest
 
 
-def extract(path, manifest, directory):
+def extract(path, manifest, directory, name=None):
     """Only the files the manifest names, as plain files (no links, no paths)."""
+    name = name or path
     with tarfile.open(path, "r:gz") as tar:
         for entry in manifest["databases"]:
             member = tar.getmember(entry["file"])
             if not member.isfile():
-                raise Failure(EXIT_VERIFY, f"{path}: {entry['file']} is not a regular file")
+                raise Failure(EXIT_VERIFY, f"{name}: {entry['file']} is not a regular file")
             target = os.path.join(directory, entry["file"])
             with tar.extractfile(member) as src, open(target, "wb") as dst:
                 shutil.copyfileobj(src, dst)
             if sha256_of(target) != entry["sha256"]:
-                raise Failure(EXIT_VERIFY, f"{path}: {entry['file']} does not match its checksum in the manifest")
+                raise Failure(EXIT_VERIFY, f"{name}: {entry['file']} does not match its checksum in the manifest")
 
 
 def verify(path, recorded=None, name=None):
@@ -676,9 +681,9 @@ def verify(path, recorded=None, name=None):
             raise Failure(EXIT_VERIFY, f"{path}.sha256 is missing or empty") from exc
     if sha256_of(path) != expected:
         raise Failure(EXIT_VERIFY, f"{name}: SHA-256 does not match {source}")
-    manifest = read_manifest(path)
+    manifest = read_manifest(path, name)
     with tempfile.TemporaryDirectory(prefix="mlflow-backup-verify-") as tmp:
-        extract(path, manifest, tmp)
+        extract(path, manifest, tmp, name)
         for entry in manifest["databases"]:
             target = os.path.join(tmp, entry["file"])
             if entry["kind"] == "sqlite":
