@@ -571,7 +571,12 @@ def create_and_record(config_path, config, label, quiet):
         path = child.stdout.readline().strip()
         recorded = None
         if path:
-            recorded = take_over(path, config["local_dir"], account)
+            try:
+                recorded = take_over(path, config["local_dir"], account)
+            except (Failure, OSError):
+                # Not recorded: no upload, and last-success stays as it was.
+                child.kill()
+                raise
         child.stdout.read()
     if recorded is None:
         return child.returncode
