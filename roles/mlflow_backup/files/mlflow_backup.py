@@ -447,11 +447,7 @@ class Backup:
         for an archive root recorded (a file swapped in under its name since
         fetch does not match it), else its .sha256 file's."""
         try:
-            dir_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                fd = os.open(os.path.basename(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
-            finally:
-                os.close(dir_fd)
+            fd = open_without_links(path)
         except OSError as exc:
             raise Failure(EXIT_VERIFY, f"{path} cannot be opened (a link is never followed): {exc.strerror}") from exc
         try:
@@ -462,11 +458,7 @@ class Backup:
             if os.path.dirname(path) == self.local_dir.rstrip("/") and name in ledger:
                 recorded = (ledger[name], self.c["ledger_file"])
             else:
-                try:
-                    with open(path + ".sha256", encoding="utf-8") as handle:
-                        recorded = (handle.read().split()[0], f"{name}.sha256")
-                except (OSError, IndexError) as exc:
-                    raise Failure(EXIT_VERIFY, f"{path}.sha256 is missing or empty") from exc
+                recorded = (read_checksum_file(path), f"{name}.sha256")
             yield f"/proc/self/fd/{fd}", recorded
         finally:
             os.close(fd)
@@ -599,11 +591,7 @@ def take_over(path, local_dir, account):
     name = os.path.basename(path)
     if os.path.dirname(path) != local_dir.rstrip("/") or not NAME_RE.match(name):
         raise Failure(EXIT_ERROR, f"the backup printed '{path}', not an archive in {local_dir}")
-    dir_fd = os.open(local_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
+    fd = open_without_links(path, directory_too=True)
     with os.fdopen(fd, "rb") as handle:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != account.pw_uid or st.st_nlink != 1:
@@ -617,6 +605,17 @@ def take_over(path, local_dir, account):
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return name, digest.hexdigest()
+
+
+def open_without_links(path, directory_too=False):
+    """A read-only fd of the file at path, refusing a link in its place (and,
+    with directory_too, in its directory's): for files in a directory the
+    service can write. O_NONBLOCK: a FIFO planted there cannot hang root."""
+    dir_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | (os.O_NOFOLLOW if directory_too else 0))
+    try:
+        return os.open(os.path.basename(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def write_atomic(path, content, mode):
@@ -671,19 +670,20 @@ def extract(path, manifest, directory, name=None):
                 raise Failure(EXIT_VERIFY, f"{name}: {entry['file']} does not match its checksum in the manifest")
 
 
+def read_checksum_file(path):
+    """The SHA-256 in the archive's .sha256 file (sha256sum's format)."""
+    try:
+        with open(path + ".sha256", encoding="utf-8") as handle:
+            return handle.read().split()[0]
+    except (OSError, IndexError) as exc:
+        raise Failure(EXIT_VERIFY, f"{path}.sha256 is missing or empty") from exc
+
+
 def verify(path, recorded=None, name=None):
     """The archive's manifest, once its checksum (the .sha256 file's, or
     recorded: (sha256, where it is recorded)), manifest and databases check."""
     name = name or os.path.basename(path)
-    if recorded:
-        expected, source = recorded
-    else:
-        source = f"{name}.sha256"
-        try:
-            with open(path + ".sha256", encoding="utf-8") as handle:
-                expected = handle.read().split()[0]
-        except (OSError, IndexError) as exc:
-            raise Failure(EXIT_VERIFY, f"{path}.sha256 is missing or empty") from exc
+    expected, source = recorded or (read_checksum_file(path), f"{name}.sha256")
     if sha256_of(path) != expected:
         raise Failure(EXIT_VERIFY, f"{name}: SHA-256 does not match {source}")
     manifest = read_manifest(path, name)
