@@ -64,8 +64,6 @@ actions:
 import base64
 import http.client
 import json
-import socket
-import ssl
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlencode
 
@@ -98,10 +96,10 @@ class Api:
             status, text = error.code, error.read()
         except URLError as error:
             self.module.fail_json(msg=f"MLflow's API at {self.base} cannot be reached: {error.reason}")
-        except (UrlConnectionError, http.client.HTTPException, OSError, ssl.SSLError, socket.timeout, ValueError) as error:
-            # Connection reset or refused, a TLS failure (open_url's own
-            # SSLValidationError is a ConnectionError), a timeout, a broken
-            # HTTP answer.
+        except (UrlConnectionError, http.client.HTTPException, OSError, ValueError) as error:
+            # Connection reset or refused, a TLS failure or a timeout (all
+            # OSErrors; open_url's own SSLValidationError is a ConnectionError),
+            # a broken HTTP answer.
             self.module.fail_json(msg=f"{method} {path} at {self.base} failed: {error}")
         if status not in ok:
             # The body names MLflow's error; it never holds the request's password.
