@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 
 SCENARIO_HOSTS = ["debian12", "debian13"]
+# Successful logins are cached per worker for this long
+# (mlflow_auth_cache_ttl_seconds, the role's default, which the scenario
+# keeps): a password changed since is still accepted until then.
+AUTH_CACHE_TTL = 60
 
 
 def _export_generated_passwords() -> None:

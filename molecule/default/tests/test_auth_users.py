@@ -15,16 +15,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ip_of
+from conftest import AUTH_CACHE_TTL, ip_of
 
 HOST = "debian13"
 LIBRARY = str(Path(__file__).resolve().parents[3] / "roles" / "mlflow_auth" / "library")
 SUFFIX = uuid.uuid4().hex[:6]
 CAROL, MALLORY, EVE = f"carol-{SUFFIX}", f"mallory-{SUFFIX}", f"eve-{SUFFIX}"
 CAROL_PASSWORD, OTHER_PASSWORD = uuid.uuid4().hex, uuid.uuid4().hex
-# mlflow_auth_cache_ttl_seconds as the scenario leaves it (the default): a
-# worker that accepted a password keeps accepting it for this long.
-AUTH_CACHE_TTL = 60
 
 
 def admin_password(ephemeral_dir: Path) -> str:

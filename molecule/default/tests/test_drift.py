@@ -12,14 +12,11 @@ import pytest
 import requests
 import testinfra
 
-from conftest import SCENARIO_HOSTS, ip_of, run_playbook, ssh
+from conftest import AUTH_CACHE_TTL, SCENARIO_HOSTS, ip_of, run_playbook, ssh
 
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 
 DRIFTED = SCENARIO_HOSTS[0]
-# Successful logins are cached per worker for this long (mlflow_auth_cache_ttl_seconds):
-# the vault password stays accepted from the cache until then.
-AUTH_CACHE_TTL = 60
 VENV_PYTHON = "/opt/mlflow/venv/bin/python"
 
 # Each drift: how to apply it on the host, the task that must report it

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import requests
 
-from conftest import SCENARIO_HOSTS, ip_of, run_playbook
+from conftest import AUTH_CACHE_TTL, SCENARIO_HOSTS, ip_of, run_playbook
 
-# Successful logins are cached per worker for this long (mlflow_auth_cache_ttl_seconds).
-AUTH_CACHE_TTL = 60
 
 
 def status(name: str, password: str) -> int:
