@@ -11,12 +11,17 @@ export MOLECULE_GLOB := molecule/*/molecule.yml
 # Scenarios that run in `make test` (the ec2 one needs an AWS account).
 SCENARIOS ?= default upgrade postgresql
 
-.PHONY: help venv images test lint unit molecule sandbox sandbox-destroy constraints
+.PHONY: help host-packages venv images test lint unit molecule sandbox sandbox-destroy ui-check constraints
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-venv: $(VENV)/.installed ## create the pinned controller toolchain in .venv
+# Everything else starts here, so `make sandbox` and `make test` on a fresh
+# machine install what is missing themselves (as root, or through sudo).
+host-packages: ## install the missing Debian/Ubuntu packages (podman, debootstrap, chromium, ...)
+	@scripts/install-host-packages
+
+venv: host-packages $(VENV)/.installed ## create the pinned controller toolchain in .venv
 
 $(VENV)/.installed: requirements.txt constraints.txt
 	python3 -m venv $(VENV)
@@ -30,7 +35,7 @@ constraints: ## re-pin constraints.txt from a fresh venv built from requirements
 	{ sed -n '1,2p' constraints.txt; $(VENV)-pin/bin/pip freeze --exclude-editable; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt && rm -rf $(VENV)-pin
 
-images: ## build the EC2-like Debian 12/13 test host images (if their recipe changed)
+images: host-packages ## build the EC2-like Debian 12/13 test host images (if their recipe changed)
 	@# One build at a time: CI starts one in the background (see .ci/run).
 	flock $(CURDIR)/.images.lock images/build
 
@@ -55,3 +60,6 @@ sandbox: venv images ## bring up a local EC2-like host running the whole stack
 
 sandbox-destroy: ## remove the sandbox host
 	scripts/sandbox down
+
+ui-check: venv ## open the sandbox's UI in a real browser (chromium) and check what a user sees
+	scripts/ui-check
