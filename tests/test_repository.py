@@ -1,6 +1,7 @@
 """Properties of the repository itself: layout users rely on, no clear-text secrets."""
 import configparser
 import subprocess
+import sys
 
 import yaml
 
@@ -54,3 +55,82 @@ def test_molecule_runs_with_the_projects_ansible_settings():
                 assert got.startswith(value), f"[{section}] ssh_args: {got!r} does not start with {value!r}"
             else:
                 assert got == value, f"[{section}] {key}: {got!r} in .config/molecule/config.yml, {value!r} in ansible.cfg"
+
+
+# --- Role variables: defaults/main.yml, meta/argument_specs.yml and README agree ---
+
+def role_dirs() -> list:
+    return sorted(p for p in (ROOT / "roles").iterdir() if p.is_dir())
+
+
+def main_spec_options(role) -> dict:
+    # yaml resolves the anchor the other entry points share with `main`.
+    specs = yaml.safe_load((role / "meta/argument_specs.yml").read_text())
+    return specs["argument_specs"]["main"].get("options") or {}
+
+
+def role_defaults(role) -> dict:
+    return yaml.safe_load((role / "defaults/main.yml").read_text()) or {}
+
+
+def templated(value) -> bool:
+    """Whether a value holds a Jinja template anywhere (a fact, another variable)."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, list):
+        return any(templated(item) for item in value)
+    if isinstance(value, dict):
+        return any(templated(key) or templated(item) for key, item in value.items())
+    return False
+
+
+def same_value(a, b) -> bool:
+    """Equal after YAML loading, types included ('16' is not 16, true is not 1)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    return a == b
+
+
+def test_role_defaults_and_main_specs_name_the_same_variables():
+    # Every variable a user may set is in defaults/main.yml and in the `main`
+    # entry point's options (CONTRIBUTING.md, role conventions); no exceptions.
+    problems = []
+    for role in role_dirs():
+        options, defaults = main_spec_options(role), role_defaults(role)
+        problems += [f"{role.name}: {name} is in defaults/main.yml but not in the main spec"
+                     for name in defaults if name not in options]
+        problems += [f"{role.name}: {name} is in the main spec but not in defaults/main.yml"
+                     for name in options if name not in defaults]
+    assert not problems, "\n".join(problems)
+
+
+def test_role_spec_defaults_equal_defaults_main():
+    # A spec option without `default` is allowed only where defaults/main.yml
+    # holds a template (the spec cannot state it) or the option is required.
+    problems = []
+    for role in role_dirs():
+        options, defaults = main_spec_options(role), role_defaults(role)
+        for name, option in options.items():
+            if name not in defaults:
+                continue  # reported by the test above
+            option = option or {}
+            if "default" in option:
+                if not same_value(option["default"], defaults[name]):
+                    problems.append(f"{role.name}: {name}: spec default {option['default']!r}, "
+                                    f"defaults/main.yml {defaults[name]!r}")
+            elif not option.get("required") and not templated(defaults[name]):
+                problems.append(f"{role.name}: {name}: the spec has no default, "
+                                f"defaults/main.yml has {defaults[name]!r}")
+    assert not problems, "\n".join(problems)
+
+
+def test_role_readme_variable_tables_are_generated():
+    # The tables between the VARIABLES markers are scripts/role-docs' output.
+    result = subprocess.run([sys.executable, str(ROOT / "scripts/role-docs"), "--check"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, (result.stdout + result.stderr
+                                    + "\nrun scripts/role-docs and commit the READMEs")
