@@ -21,8 +21,10 @@ Each rule: `that` (a conditional, or a list of them, as for `assert`), `msg`
 (templated only when the rule fails, so it may show what the conditional
 guarded against), and optionally `when` (the rule applies only then) and
 `loop` (a list, or a dict, each element bound to `item` for `that` and
-`msg`). `when` and `loop` are evaluated before `that`, so a rule may rely on
-an earlier one only through its own `when`.
+`msg`). Every rule is evaluated, in order, whatever the earlier ones found:
+a rule that needs an earlier one to hold (a number before a comparison) says
+so in its own `when`. A `that` that cannot be evaluated counts as failed, so a
+value of the wrong type gets the rule's message, not a Jinja error.
 
 The rules are data in the role's task file, not templated as task
 arguments: this plugin evaluates each one itself, in order.
@@ -77,8 +79,8 @@ class ActionModule(ActionBase):
             else:
                 templars = [self._templar]
             for templar in templars:
-                if not all(templar.evaluate_conditional(condition) for condition in conditions):
-                    problems.append(" ".join(str(templar.template(check["msg"])).split()))
+                if not self._holds(templar, conditions):
+                    problems.append(self._message(templar, check["msg"]))
 
         result["changed"] = False
         result["checked"] = len(checks)
@@ -90,3 +92,24 @@ class ActionModule(ActionBase):
         else:
             result["msg"] = f"{len(checks)} rules passed"
         return result
+
+    @staticmethod
+    def _holds(templar, conditions):
+        """True when every condition holds. A condition that cannot be evaluated
+        (a value of the wrong type for it, say) counts as not holding: the
+        rule's own message names the variable better than a Jinja error."""
+        for condition in conditions:
+            try:
+                if not templar.evaluate_conditional(condition):
+                    return False
+            except Exception:  # noqa: BLE001 - any evaluation error means the input is bad
+                return False
+        return True
+
+    @staticmethod
+    def _message(templar, msg):
+        try:
+            text = str(templar.template(msg))
+        except Exception as error:  # noqa: BLE001 - still report the rule, with its raw text
+            text = f"{msg} (the message could not be filled in: {error})"
+        return " ".join(text.split())
