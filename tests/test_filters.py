@@ -59,5 +59,21 @@ def test_database_uris_refused_without_showing_the_password(uri, problem):
     assert "secret" not in text
 
 
-def test_the_plugin_exports_both_filters():
-    assert set(filters.FilterModule().filters()) == {"cron_schedule_ok", "database_uri_problem"}
+def test_the_plugin_exports_its_filters():
+    assert set(filters.FilterModule().filters()) == {"cron_schedule_ok", "database_uri", "database_uri_problem"}
+
+
+_DB = {"engine": "postgresql", "home": "/var/lib/mlflow", "user": "mlflow", "password": "p/w@:%x",
+       "host": "", "port": 5432, "sslmode": "require", "ca_path": "/etc/ssl/ca.pem"}
+
+
+@pytest.mark.parametrize("settings, uri", [
+    ({"engine": "sqlite"}, "sqlite:////var/lib/mlflow/auth.db"),
+    ({}, "postgresql+psycopg2://mlflow:p%2Fw%40%3A%25x@127.0.0.1:5432/mlflow_auth"),
+    ({"host": "db.example.com"}, "postgresql+psycopg2://mlflow:p%2Fw%40%3A%25x@db.example.com:5432/mlflow_auth?sslmode=require"),
+    ({"host": "2001:db8::5", "sslmode": "verify-full"},
+     "postgresql+psycopg2://mlflow:p%2Fw%40%3A%25x@[2001:db8::5]:5432/mlflow_auth?sslmode=verify-full&sslrootcert=/etc/ssl/ca.pem"),
+])
+def test_database_uri(settings, uri):
+    assert filters.database_uri({**_DB, **settings}, "auth.db", "mlflow_auth") == uri
+    assert filters.database_uri_problem(uri) == ""

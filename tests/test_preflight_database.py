@@ -8,8 +8,8 @@ from conftest import ansible
 from test_preflight import VALID, preflight
 
 PG_PASSWORD = "pg-test-password-0123456789"
-LOCAL = {"mlflow_database_engine": "postgresql", "vault_mlflow_database_password": PG_PASSWORD}
-EXTERNAL = {**LOCAL, "mlflow_database_host": "mlflow-db.abc123.eu-west-1.rds.amazonaws.com"}
+LOCAL = {"mlflow_common_database_engine": "postgresql", "vault_mlflow_database_password": PG_PASSWORD}
+EXTERNAL = {**LOCAL, "mlflow_common_database_host": "mlflow-db.abc123.eu-west-1.rds.amazonaws.com"}
 
 
 def folded(result) -> str:
@@ -19,9 +19,9 @@ def folded(result) -> str:
 
 @pytest.mark.parametrize("extra", [
     LOCAL,
-    {**LOCAL, "mlflow_database_clients": ["10.0.1.0/24", "192.0.2.7", "2001:db8::5"]},
+    {**LOCAL, "mlflow_common_database_clients": ["10.0.1.0/24", "192.0.2.7", "2001:db8::5"]},
     EXTERNAL,
-    {**EXTERNAL, "mlflow_database_sslmode": "verify-full", "mlflow_database_ca_file": "/etc/ssl/certs/ca-certificates.crt"},
+    {**EXTERNAL, "mlflow_common_database_sslmode": "verify-full", "mlflow_common_database_ca_file": "/etc/ssl/certs/ca-certificates.crt"},
     # A password with every character URIs care about is URL-encoded by group_vars.
     {**LOCAL, "vault_mlflow_database_password": "p@ss:w/rd%?#&= 'x\"$`\\0123456"},
     {"mlflow_service_backend_store_uri": "postgresql+psycopg2://mlflow:s3cr%2Ft@db.internal:5432/mlflow?sslmode=verify-full"},
@@ -34,21 +34,21 @@ def test_valid_database_settings_pass(extra):
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"mlflow_database_engine": "postgresql"}, "postgresql_password is empty"),
+    ({"mlflow_common_database_engine": "postgresql"}, "postgresql_password is empty"),
     ({**LOCAL, "vault_mlflow_database_password": "short"}, "postgresql_password is shorter than 16 characters"),
-    ({**LOCAL, "mlflow_database_user": "Bad-User"}, "postgresql_user ('Bad-User')"),
-    ({**LOCAL, "mlflow_database_user": "postgres"}, "postgresql_user ('postgres')"),
-    ({**LOCAL, "mlflow_database_auth_name": "mlflow"}, "the two databases different"),
-    ({**LOCAL, "mlflow_database_port": 70000}, "postgresql_port: 70000 is not a TCP port"),
-    ({**LOCAL, "mlflow_database_clients": ["10.0.0.0/33"]}, "postgresql_clients (mlflow_database_clients): '10.0.0.0/33' is not an IP address or CIDR"),
-    ({**LOCAL, "mlflow_database_clients": ["mlflow-2.example.com"]}, "postgresql_clients (mlflow_database_clients): 'mlflow-2.example.com'"),
+    ({**LOCAL, "mlflow_common_database_user": "Bad-User"}, "postgresql_user ('Bad-User')"),
+    ({**LOCAL, "mlflow_common_database_user": "postgres"}, "postgresql_user ('postgres')"),
+    ({**LOCAL, "mlflow_common_database_auth_name": "mlflow"}, "the two databases different"),
+    ({**LOCAL, "mlflow_common_database_port": 70000}, "postgresql_port: 70000 is not a TCP port"),
+    ({**LOCAL, "mlflow_common_database_clients": ["10.0.0.0/33"]}, "postgresql_clients (mlflow_common_database_clients): '10.0.0.0/33' is not an IP address or CIDR"),
+    ({**LOCAL, "mlflow_common_database_clients": ["mlflow-2.example.com"]}, "postgresql_clients (mlflow_common_database_clients): 'mlflow-2.example.com'"),
     ({**LOCAL, "postgresql_tls_cert_src": "/tmp/server.crt"}, "postgresql_tls_cert_src and postgresql_tls_key_src go together"),
     ({**LOCAL, "postgresql_settings": {"Bad Name": 1}}, "postgresql_settings: names must be PostgreSQL setting names"),
     ({**LOCAL, "postgresql_version": "latest"}, "postgresql_version:"),
-    ({**EXTERNAL, "mlflow_database_host": "postgresql://db.example.com:5432"}, "postgresql_host: 'postgresql://db.example.com:5432'"),
-    ({**EXTERNAL, "mlflow_database_sslmode": "verify-full"}, "postgresql_ca_src is empty: postgresql_sslmode verify-full"),
-    ({**EXTERNAL, "mlflow_database_sslmode": "disable"}, "postgresql_sslmode"),
-    ({"mlflow_database_engine": "mysql"}, "mlflow_database_engine: 'mysql' is not sqlite or postgresql"),
+    ({**EXTERNAL, "mlflow_common_database_host": "postgresql://db.example.com:5432"}, "postgresql_host: 'postgresql://db.example.com:5432'"),
+    ({**EXTERNAL, "mlflow_common_database_sslmode": "verify-full"}, "postgresql_ca_src is empty: postgresql_sslmode verify-full"),
+    ({**EXTERNAL, "mlflow_common_database_sslmode": "disable"}, "mlflow_common_database_sslmode must be one of"),
+    ({"mlflow_common_database_engine": "mysql"}, "mlflow_common_database_engine must be one of: sqlite, postgresql, got: mysql"),
     ({"mlflow_service_backend_store_uri": "sqlite:///mlflow.db"}, "mlflow_service_backend_store_uri is not an absolute SQLite URI"),
     ({"mlflow_service_backend_store_uri": "postgres://mlflow:pw@db/mlflow"}, "mlflow_service_backend_store_uri is not a PostgreSQL URI"),
     ({"mlflow_service_backend_store_uri": "postgresql://mlflow:pw@db/mlflow"},
@@ -96,21 +96,21 @@ def two_servers(tmp_path, primary: dict, secondary: dict):
 
 
 def test_two_servers_sharing_a_database_may_not_both_run_periodic_jobs(tmp_path):
-    result = two_servers(tmp_path, {"mlflow_database_clients": ["192.0.2.11"]},
-                         {"mlflow_database_host": "192.0.2.10"})
+    result = two_servers(tmp_path, {"mlflow_common_database_clients": ["192.0.2.11"]},
+                         {"mlflow_common_database_host": "192.0.2.10"})
     assert result.returncode != 0
     text = folded(result)
-    assert "postgresql_periodic_jobs (mlflow_periodic_jobs) is true on pg-two and on pg-one" in text, text[-3000:]
+    assert "postgresql_periodic_jobs (mlflow_common_periodic_jobs) is true on pg-two and on pg-one" in text, text[-3000:]
 
 
 def test_two_servers_with_one_running_periodic_jobs_pass(tmp_path):
-    result = two_servers(tmp_path, {"mlflow_database_clients": ["192.0.2.11"]},
-                         {"mlflow_database_host": "192.0.2.10", "mlflow_periodic_jobs": False})
+    result = two_servers(tmp_path, {"mlflow_common_database_clients": ["192.0.2.11"]},
+                         {"mlflow_common_database_host": "192.0.2.10", "mlflow_common_periodic_jobs": False})
     assert result.returncode == 0, result.stdout[-3000:]
 
 
 def test_two_servers_with_their_own_databases_both_run_periodic_jobs(tmp_path):
     # Both "hosts" are this machine (same addresses): their own local servers
     # are told apart here by the database name.
-    result = two_servers(tmp_path, {}, {"mlflow_database_name": "mlflow_two"})
+    result = two_servers(tmp_path, {}, {"mlflow_common_database_name": "mlflow_two"})
     assert result.returncode == 0, result.stdout[-3000:]

@@ -40,7 +40,7 @@ BAD_INPUTS = [
     ({"mlflow_backup_retention": 0}, "mlflow_backup_retention: 0 must be at least 1"),
     ({"mlflow_gc_older_than_days": 0}, "mlflow_gc_older_than_days: 0 must be at least 1"),
     ({"mlflow_backup_host_name": "web 1"}, "mlflow_backup_host_name: 'web 1' must be"),
-    ({"mlflow_database_engine": "mysql"}, "mlflow_database_engine: 'mysql' is not sqlite or postgresql"),
+    ({"mlflow_common_database_engine": "mysql"}, "mlflow_common_database_engine must be one of: sqlite, postgresql, got: mysql"),
     # Malformed URIs and cron schedules.
     ({"mlflow_service_backend_store_uri": "sqlite:///mlflow.db"}, "mlflow_service_backend_store_uri"),
     ({"mlflow_backup_schedule": "61 2 * * *"}, "mlflow_backup_schedule: '61 2 * * *' is not a cron schedule"),

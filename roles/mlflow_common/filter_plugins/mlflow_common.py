@@ -2,6 +2,8 @@
 
 - `cron_schedule_ok`: a five-field schedule cron accepts (mlflow_backup,
   mlflow_gc).
+- `database_uri`: the tracking or auth database URI of the stack's database
+  settings (mlflow_common's defaults build both with it).
 - `database_uri_problem`: what is wrong with a tracking or auth database URI
   (mlflow_service, mlflow_auth), as text that never holds the password; ''
   when the URI is fine.
@@ -10,6 +12,7 @@ The roles that use them list this role as a dependency (meta/main.yml),
 which is what makes Ansible load these filters.
 """
 import re
+from urllib.parse import quote
 
 # Field ranges: minute, hour, day of month, month, day of week (0 and 7: Sunday).
 _CRON_LIMITS = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
@@ -100,9 +103,31 @@ def database_uri_problem(uri):
     return ""
 
 
+def database_uri(settings, sqlite_file, database):
+    """The URI of one database of the stack. `settings`: engine, home, user,
+    password, host, port, sslmode and ca_path (mlflow_common_database_*).
+    SQLite: a file in the home. PostgreSQL: the psycopg2 driver named (the
+    venv has psycopg2, SQLAlchemy 2.1 would pick psycopg 3), the password
+    URL-encoded ('/' too), an IPv6 host bracketed, loopback when no host is
+    given (the local server, no TLS), else sslmode and, beyond `require`, the
+    CA file to verify against."""
+    if settings["engine"] == "sqlite":
+        return f"sqlite:///{settings['home']}/{sqlite_file}"
+    host = str(settings["host"] or "")
+    address = f"[{host}]" if ":" in host else (host or "127.0.0.1")
+    query = ""
+    if host:
+        query = f"?sslmode={settings['sslmode']}"
+        if settings["sslmode"] != "require":
+            query += f"&sslrootcert={settings['ca_path']}"
+    password = quote(str(settings["password"]), safe="")
+    return f"postgresql+psycopg2://{settings['user']}:{password}@{address}:{settings['port']}/{database}{query}"
+
+
 class FilterModule:
     def filters(self):
         return {
             "cron_schedule_ok": cron_schedule_ok,
+            "database_uri": database_uri,
             "database_uri_problem": database_uri_problem,
         }
