@@ -35,6 +35,11 @@ def test_cron_schedules_with_ranges_lists_steps_and_names_pass():
     assert result.returncode == 0, result.stdout[-3000:]
 
 
+def test_shared_settings_are_followed_by_every_role():
+    result = preflight({"mlflow_common_user": "svc", "mlflow_common_port": 5050, "mlflow_common_home": "/srv/mlflow"})
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
 def test_extra_aws_settings_pass():
     result = preflight({"aws_profile_mode": "instance_role", "aws_profile_region": "eu-central-1",
                         "aws_profile_config_extra": {"retry_mode": "standard", "max_attempts": 5,
@@ -115,6 +120,11 @@ def test_allow_lists_that_keep_the_controller_in_pass(extra):
     ({"mlflow_backup_destination": "s3", "mlflow_backup_s3_bucket": ""},
      "mlflow_backup_s3_bucket: '' is missing or not an S3 bucket name"),
     ({"mlflow_backup_host_name": "web 1"}, "mlflow_backup_host_name: 'web 1' must be"),
+    # Names of earlier releases, and a role's copy of a shared setting set apart.
+    ({"mlflow_database_engine": "postgresql"}, "mlflow_database_engine is no longer read: set mlflow_common_database_engine"),
+    ({"mlflow_periodic_jobs": False}, "mlflow_periodic_jobs is no longer read: set mlflow_common_periodic_jobs"),
+    ({"mlflow_venv_user": "svc"}, "mlflow_venv_user ('svc') differs from mlflow_common_user ('mlflow')"),
+    ({"mlflow_service_port": 5050}, "mlflow_service_port ('5050') differs from mlflow_common_port ('5000')"),
     ({"mlflow_gc_older_than_days": 0}, "mlflow_gc_older_than_days: 0 must be at least 1"),
     ({"mlflow_gc_schedule": "*/0 * * * *"}, "mlflow_gc_schedule: '*/0 * * * *' is not a cron schedule"),
     ({"mlflow_gc_schedule": "0 3 * *"}, "mlflow_gc_schedule: '0 3 * *' is not a cron schedule"),
