@@ -79,7 +79,7 @@ def test_allow_lists_that_keep_the_controller_in_pass(extra):
     ({"mlflow_service_allow_from": ["10.0.0.0/40"]}, "mlflow_service_allow_from: '10.0.0.0/40' is not an IP address or CIDR"),
     ({"mlflow_proxy_metrics_allow_from": ["prometheus.internal"]},
      "mlflow_proxy_metrics_allow_from: 'prometheus.internal' is not an IP address or CIDR"),
-    ({"mlflow_service_metrics_port": 5000}, "mlflow_service_metrics_port (5000) must be two different ports"),
+    ({"mlflow_common_metrics_port": 5000}, "mlflow_service_metrics_port (5000) must be two different ports"),
     ({"mlflow_proxy_content_security_policy": "default-src 'self' $host"},
      "mlflow_proxy_content_security_policy may not contain"),
     ({"mlflow_service_metrics_enabled": "sometimes"}, "mlflow_service_metrics_enabled"),
