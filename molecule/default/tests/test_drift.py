@@ -45,10 +45,13 @@ DRIFTS = {
         "hardening : Remove the rules that are not in the allow-list",
         "! ufw show added | grep -q 8080",
     ),
-    "firewall: default policy switched to allow incoming": (
-        "ufw default allow incoming",
+    # On debian12, which does not forward packets (prepare.yml), ufw shows the
+    # routed policy as disabled whatever it is: only the stored one tells.
+    "firewall: default policies switched to allow incoming and routed": (
+        "ufw default allow incoming && ufw default allow routed",
         "hardening : Set the default policies (deny incoming and routed, allow outgoing)",
-        "ufw status verbose | grep -qF 'Default: deny (incoming), allow (outgoing), deny (routed)'",
+        "ufw status verbose | grep -qE 'Default: deny \\(incoming\\), allow \\(outgoing\\), (deny|disabled) \\(routed\\)'"
+        " && grep -qx 'DEFAULT_FORWARD_POLICY=\"DROP\"' /etc/default/ufw",
     ),
     "firewall: IPv6 switched off": (
         "sed -i 's/^IPV6=.*/IPV6=no/' /etc/default/ufw",
@@ -297,7 +300,8 @@ def test_drift_is_reported_repaired_and_stays_repaired(admin_key):
     result = ssh(admin_key, "deploy", ip_of(DRIFTED), "sudo", "-n", "true")
     assert result.returncode == 0, result.stderr
     status = host.check_output("ufw status verbose")
-    assert "Default: deny (incoming), allow (outgoing), deny (routed)" in status
+    assert re.search(r"Default: deny \(incoming\), allow \(outgoing\), (deny|disabled) \(routed\)", status)
+    assert 'DEFAULT_FORWARD_POLICY="DROP"' in host.file("/etc/default/ufw").content_string.splitlines()
     assert "8080" not in host.check_output("ufw show added")
     assert re.search(r"^IPV6=yes$", host.file("/etc/default/ufw").content_string, re.M)
     assert host.user("mlflow").groups == ["mlflow"]
