@@ -134,3 +134,21 @@ def test_role_readme_variable_tables_are_generated():
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, (result.stdout + result.stderr
                                     + "\nrun scripts/role-docs and commit the READMEs")
+
+
+def test_site_preflight_checks_every_role_it_runs():
+    """site.yml's Preflight play validates the specs of `_site_roles` and imports
+    each one's preflight: both lists, and the roles the main play imports
+    (except mlflow_common, checked first, and roles a role imports itself),
+    must name the same roles, or a role's input goes unchecked."""
+    plays = yaml.safe_load((ROOT / "playbooks/site.yml").read_text())
+    preflight, main = plays[0]["tasks"], plays[1]["tasks"]
+    spec_roles = preflight[0]["vars"]["_site_roles"]
+    rule_roles = [t["ansible.builtin.import_role"]["name"] for t in preflight
+                  if t.get("ansible.builtin.import_role", {}).get("tasks_from") == "preflight"]
+    run_roles = {t["ansible.builtin.import_role"]["name"] for t in main if "ansible.builtin.import_role" in t}
+    assert rule_roles[0] == "mlflow_common"
+    assert sorted(spec_roles) == sorted(rule_roles)
+    assert set(spec_roles) == run_roles, "roles run by site.yml without their preflight, or checked but not run"
+    for role in rule_roles:
+        assert (ROOT / "roles" / role / "tasks/preflight.yml").is_file(), role

@@ -40,7 +40,7 @@ def upgraded():
 def test_upgrade_run_at_vvv_succeeds(upgraded):
     assert upgraded.returncode == 0, upgraded.stdout[-3000:]
     for name in (PRIMARY, SECONDARY):
-        assert re.search(rf"TASK \[mlflow_service : Record the upgraded schema\][^\n]*\n(?:(?!TASK \[).*\n)*?"
+        assert re.search(rf"TASK \[mlflow_upgrade : Record the upgraded schema\][^\n]*\n(?:(?!TASK \[).*\n)*?"
                          rf"changed: \[{name}\]", upgraded.stdout), name
 
 

@@ -1,5 +1,5 @@
 """`snapshot DIR` / `restore DIR`: the SQLite tracking store and auth database,
-copied with SQLite's online backup API (run by the mlflow_service role's
+copied with SQLite's online backup API (run by the mlflow_upgrade role's
 upgrade procedure, as the service user)."""
 import configparser, json, os, sqlite3, sys
 mode, folder = sys.argv[1], sys.argv[2]
