@@ -101,6 +101,8 @@ def test_allow_lists_that_keep_the_controller_in_pass(extra):
     ({"mlflow_venv_version": ">=3"}, "mlflow_venv_version"),
     ({"mlflow_proxy_tls_mode": "provided"}, "mlflow_proxy_tls_cert"),
     ({"mlflow_backup_retention": 0}, "mlflow_backup_retention: 0 must be at least 1"),
+    ({"mlflow_backup_aside_keep": 0}, "mlflow_backup_aside_keep: 0 must be at least 1"),
+    ({"mlflow_service_upgrade_keep_snapshots": 0}, "mlflow_service_upgrade_keep_snapshots (0)"),
     # A value that would add a profile of its own to the AWS config file.
     ({"aws_profile_mode": "instance_role", "aws_profile_region": "eu-central-1",
       "aws_profile_config_extra": {"retry_mode": "standard\n[profile x]\ncredential_process = /bin/sh"}},

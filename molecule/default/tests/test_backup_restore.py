@@ -28,6 +28,7 @@ BUCKET = "mlflow-test-artifacts"
 BACKUP_PREFIX = "team-a/backups"
 RETENTION = 3
 LOCAL_DIR = "/var/lib/mlflow/backups"
+ASIDE_DIR = "/var/lib/mlflow/restore-aside"
 STATE_DIR = "/var/lib/mlflow-backup"
 STATUS_FILE = f"{STATE_DIR}/last-success"
 LEDGER = "/var/lib/mlflow-backup.ledger"
@@ -284,8 +285,17 @@ def test_restore_after_the_databases_are_destroyed(host, host_name, tmp_path):
     host.run_expect([0], f"rm -f /var/lib/mlflow/mlflow.db /var/lib/mlflow/auth.db {LOCAL_DIR}/mlflow-backup-*")
     assert not host.file("/var/lib/mlflow/mlflow.db").exists and not host.file("/var/lib/mlflow/auth.db").exists
 
+    # Restore-aside directories of four earlier restores, and an entry that is not one.
+    planted = [f"2020010{day}T000000Z" for day in range(1, 5)]
+    host.run_expect([0], "install -d -m 0700 " + " ".join(f"{ASIDE_DIR}/{name}" for name in [*planted, "keep-me"]))
+
     restored = run_restore("--limit", host_name)
     assert restored.returncode == 0, restored.stdout[-4000:]
+    # mlflow_backup_aside_keep 3: this restore's directory and the two newest earlier ones.
+    aside = host.check_output(f"ls {ASIDE_DIR}").split()
+    made = [name for name in aside if name not in planted and name != "keep-me"]
+    assert len(made) == 1 and made[0] > planted[-1], aside
+    assert sorted(aside) == sorted([*planted[-2:], made[0], "keep-me"]), aside
     assert password not in restored.stdout
     newest = host_backups_s3(host_name)[-1]
     journal = host.check_output("journalctl -t mlflow-backup --since -10min --no-pager -o cat")

@@ -125,6 +125,12 @@ def test_the_rollback_snapshot_is_private_and_consistent(host):
         assert not host.file(f"{folder.path}/{name}").mode & 0o077
 
 
+def test_older_rollback_snapshots_are_pruned_to_the_retention(host):
+    # prepare.yml planted 2020's and 2021's; mlflow_service_upgrade_keep_snapshots is 2.
+    kept = sorted(host.check_output("ls /var/lib/mlflow/upgrade-rollback").split())
+    assert kept == sorted(["3.11.0-to-3.12.0", f"{OLD}-to-{CURRENT}"])
+
+
 def test_a_venv_that_cannot_be_built_stops_nothing(host, mlflow_uri, admin_password, seeded):
     pid = _main_pid(host)
     link = host.file("/opt/mlflow/venv").linked_to

@@ -22,7 +22,8 @@ Subcommands:
   fetch [NAME|latest]      make a backup local (downloading it in S3 mode), verify it,
                            print its path; latest = the newest the ledger records
   restore FILE             put the databases of a verified archive in place (service
-                           stopped), keeping the replaced ones aside
+                           stopped), keeping the replaced ones aside (the newest
+                           aside_keep restore-aside directories are kept)
 
 Exit codes: 0 success (also `create` with no database yet: nothing to back up,
 nothing printed on stdout), 1 unexpected error, 2 usage or configuration error,
@@ -61,6 +62,7 @@ LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 MANIFEST = "manifest.json"
 FORMAT = 1
 SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")
+ASIDE_NAME = re.compile(r"^\d{8}T\d{6}Z$")
 
 
 class Failure(Exception):
@@ -486,7 +488,19 @@ class Backup:
                 else:
                     self.pg_restore(db, source, aside)
                 log(f"restored the {db.name} database {db.label}")
+        self.prune_aside()
         print(aside)
+
+    def prune_aside(self):
+        """Keep the newest aside_keep restore-aside directories (named by
+        their UTC time, so names sort by age); other entries are left alone."""
+        root, keep = self.c["aside_dir"], int(self.c["aside_keep"])
+        names = sorted((n for n in os.listdir(root) if ASIDE_NAME.match(n)), reverse=True)
+        for name in names[keep:]:
+            path = os.path.join(root, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+                log(f"pruned restore-aside {path} (mlflow_backup_aside_keep {keep})")
 
     @staticmethod
     def sqlite_swap(db, source, aside):
