@@ -285,9 +285,10 @@ def test_restore_after_the_databases_are_destroyed(host, host_name, tmp_path):
     host.run_expect([0], f"rm -f /var/lib/mlflow/mlflow.db /var/lib/mlflow/auth.db {LOCAL_DIR}/mlflow-backup-*")
     assert not host.file("/var/lib/mlflow/mlflow.db").exists and not host.file("/var/lib/mlflow/auth.db").exists
 
-    # Restore-aside directories of four earlier restores, and an entry that is not one.
+    # Restore-aside directories of four earlier restores, and an entry that is
+    # not one, made as the service user as a restore makes them.
     planted = [f"2020010{day}T000000Z" for day in range(1, 5)]
-    host.run_expect([0], "install -d -m 0700 " + " ".join(f"{ASIDE_DIR}/{name}" for name in [*planted, "keep-me"]))
+    host.run_expect([0], f"rm -rf {ASIDE_DIR} && runuser -u mlflow -- install -d -m 0700 " + " ".join(f"{ASIDE_DIR}/{name}" for name in [*planted, "keep-me"]))
 
     restored = run_restore("--limit", host_name)
     assert restored.returncode == 0, restored.stdout[-4000:]
