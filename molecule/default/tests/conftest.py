@@ -100,3 +100,13 @@ def run_playbook(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
     # Errors go to stderr, the recap to stdout: keep both, in order.
     return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout, env=env)
+
+
+# Figures the checks measure (fault recovery times, ...), listed at the end of
+# the run, where .ci/run's summary picks them up.
+FIGURES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in FIGURES:
+        terminalreporter.write_line(f"FIGURE {line}")

@@ -57,3 +57,13 @@ def run_playbook(*args: str, playbook: str = "", timeout: int = 1200) -> subproc
     log.write_text(" ".join(cmd) + "\n" + result.stdout)
     log.chmod(0o600)
     return result
+
+
+# Figures the checks measure (fault recovery times, ...), listed at the end of
+# the run, where .ci/run's summary picks them up.
+FIGURES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in FIGURES:
+        terminalreporter.write_line(f"FIGURE {line}")
