@@ -60,7 +60,31 @@ def test_database_uris_refused_without_showing_the_password(uri, problem):
 
 
 def test_the_plugin_exports_its_filters():
-    assert set(filters.FilterModule().filters()) == {"cron_schedule_ok", "database_uri", "database_uri_problem"}
+    assert set(filters.FilterModule().filters()) == {"cron_schedule_ok", "database_uri", "database_uri_problem",
+                                                     "password_problem"}
+
+
+@pytest.mark.parametrize("password", [
+    "correct-horse-battery-staple", "x" * 12, "pässwörd-ünïcode", "inner spaces are fine", "100%-sure;#=[x]",
+])
+def test_passwords_that_work(password):
+    assert filters.password_problem(password) == ""
+
+
+@pytest.mark.parametrize(("password", "problem"), [
+    ("", "is empty: set it from vault"),
+    (None, "is empty: set it from vault"),
+    ("tiny-secret", "is shorter than 12 characters (MLflow refuses it)"),
+    ("password1234", "is the publicly known default `password1234`"),
+    (" leading-space-secret", "starts or ends with white space"),
+    ("trailing-space-secret\t", "starts or ends with white space"),
+    ("new\nline-secret-value", "holds a control character"),
+    ("delete\x7fsecret-value", "holds a control character"),
+])
+def test_passwords_refused_without_showing_them(password, problem):
+    text = filters.password_problem(password)
+    assert problem in text, text
+    assert "secret" not in text
 
 
 _DB = {"engine": "postgresql", "home": "/var/lib/mlflow", "user": "mlflow", "password": "p/w@:%x",

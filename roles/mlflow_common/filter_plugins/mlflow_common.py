@@ -7,6 +7,8 @@
 - `database_uri_problem`: what is wrong with a tracking or auth database URI
   (mlflow_service, mlflow_auth), as text that never holds the password; ''
   when the URI is fine.
+- `password_problem`: what is wrong with a basic-auth password (mlflow_auth,
+  mlflow_users), as text that never holds the password; '' when it is fine.
 
 The roles that use them list this role as a dependency (meta/main.yml),
 which is what makes Ansible load these filters.
@@ -124,10 +126,37 @@ def database_uri(settings, sqlite_file, database):
     return f"postgresql+psycopg2://{settings['user']}:{password}@{address}:{settings['port']}/{database}{query}"
 
 
+# MLflow 3.17.2 refuses a shorter password (mlflow/utils/validation.py,
+# _validate_password) and its old publicly known default admin password
+# (mlflow/server/auth/__init__.py, _LEGACY_DEFAULT_ADMIN_PASSWORD).
+_PASSWORD_MIN_LENGTH = 12
+_PASSWORD_FORBIDDEN = ("password1234",)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def password_problem(password):
+    """'' for a basic-auth password MLflow accepts and its ini can hold, else
+    what is wrong, worded to follow the variable's name ("... is shorter than
+    12 characters ..."). The text never contains the password, so a check may
+    show it whatever the value."""
+    password = "" if password is None else str(password)
+    if not password:
+        return "is empty: set it from vault"
+    if len(password) < _PASSWORD_MIN_LENGTH:
+        return f"is shorter than {_PASSWORD_MIN_LENGTH} characters (MLflow refuses it)"
+    if password in _PASSWORD_FORBIDDEN:
+        return "is the publicly known default `password1234` (MLflow refuses it)"
+    if password != password.strip() or _CONTROL.search(password):
+        return ("starts or ends with white space or holds a control character"
+                " (the ini cannot store it)")
+    return ""
+
+
 class FilterModule:
     def filters(self):
         return {
             "cron_schedule_ok": cron_schedule_ok,
             "database_uri": database_uri,
             "database_uri_problem": database_uri_problem,
+            "password_problem": password_problem,
         }
