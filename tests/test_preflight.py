@@ -64,6 +64,15 @@ def test_allow_lists_that_keep_the_controller_in_pass(extra):
     assert result.returncode == 0, result.stdout[-3000:]
 
 
+def test_a_secret_set_apart_from_the_shared_one_is_named_without_either_value():
+    result = preflight({"mlflow_auth_admin_password": "another-admin-password"})
+    assert result.returncode != 0
+    assert ("mlflow_auth_admin_password differs from mlflow_common_admin_password"
+            in " ".join(result.stdout.split())), result.stdout[-3000:]
+    assert "another-admin-password" not in result.stdout
+    assert VALID["vault_mlflow_admin_password"] not in result.stdout
+
+
 @pytest.mark.parametrize("extra, message", [
     ({"hardening_admin_authorized_keys": []}, "hardening_admin_authorized_keys must list at least one public SSH key"),
     ({"hardening_admin_authorized_keys": ["not a key"]}, "hardening_admin_authorized_keys must list at least one public SSH key"),

@@ -136,6 +136,20 @@ def test_role_readme_variable_tables_are_generated():
                                     + "\nrun scripts/role-docs and commit the READMEs")
 
 
+def test_copies_of_secrets_are_checked_without_showing_them():
+    """mlflow_common's preflight shows both values when a role's copy of a
+    shared setting differs from it, except for the copies it lists as
+    secrets: every copy whose option is no_log must be listed there, and only
+    those."""
+    internal = yaml.safe_load((ROOT / "roles/mlflow_common/vars/main.yml").read_text())
+    copies, secret_copies = internal["_mlflow_common_copies"], internal["_mlflow_common_secret_copies"]
+    secrets = {name for role in role_dirs() for name, option in main_spec_options(role).items()
+               if (option or {}).get("no_log")}
+    assert not secrets & (set(copies) | set(copies.values())), "a secret's copy would be shown: list it as a secret copy"
+    assert set(secret_copies) | set(secret_copies.values()) <= secrets, "a secret copy whose option is not no_log"
+    assert not set(copies) & set(secret_copies)
+
+
 def test_site_preflight_checks_every_role_it_runs():
     """site.yml's Preflight play validates the specs of `_site_roles` and imports
     each one's preflight: both lists, and the roles the main play imports
