@@ -64,13 +64,35 @@ def test_allow_lists_that_keep_the_controller_in_pass(extra):
     assert result.returncode == 0, result.stdout[-3000:]
 
 
-def test_a_secret_set_apart_from_the_shared_one_is_named_without_either_value():
-    result = preflight({"mlflow_auth_admin_password": "another-admin-password"})
+def test_extra_users_with_grants_pass():
+    result = preflight({"mlflow_users_prune": True, "mlflow_users_list": [
+        {"name": "reader", "password": "correct-horse-battery-reader"},
+        {"name": "ci@example.com", "password": "correct-horse-battery-ci", "admin": False,
+         "permissions": [{"resource_type": "experiment", "resource_name": "production", "permission": "EDIT"},
+                         {"resource_type": "registered_model", "resource_id": "churn", "permission": "MANAGE"},
+                         {"resource_type": "run", "resource_id": "*", "permission": "READ"}]},
+        {"name": "former-colleague", "state": "absent"}]})
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
+@pytest.mark.parametrize("copy", ["mlflow_auth_admin_password", "mlflow_users_admin_password"])
+def test_a_secret_set_apart_from_the_shared_one_is_named_without_either_value(copy):
+    result = preflight({copy: "another-admin-password"})
     assert result.returncode != 0
-    assert ("mlflow_auth_admin_password differs from mlflow_common_admin_password"
+    assert (f"{copy} differs from mlflow_common_admin_password"
             in " ".join(result.stdout.split())), result.stdout[-3000:]
     assert "another-admin-password" not in result.stdout
     assert VALID["vault_mlflow_admin_password"] not in result.stdout
+
+
+def test_weak_passwords_are_named_without_their_values():
+    result = preflight({"mlflow_users_list": [{"name": "bob", "password": "tiny-Secret"},
+                                              {"name": "eve", "password": " spaced-out-Secret "}]})
+    assert result.returncode != 0
+    text = " ".join(result.stdout.split())
+    assert "mlflow_users_list[name=bob].password is shorter than 12 characters" in text, result.stdout[-3000:]
+    assert "mlflow_users_list[name=eve].password starts or ends with white space" in text, result.stdout[-3000:]
+    assert "Secret" not in result.stdout
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -99,7 +121,14 @@ def test_a_secret_set_apart_from_the_shared_one_is_named_without_either_value():
     ({"vault_mlflow_admin_password": "password1234"}, "mlflow_auth_admin_password"),
     ({"vault_mlflow_admin_password": "short-pass"}, "mlflow_auth_admin_password"),
     ({"vault_mlflow_admin_password": ""}, "mlflow_auth_admin_password"),
-    ({"mlflow_auth_users": [{"name": "bob", "password": "password1234"}]}, "mlflow_auth_users"),
+    ({"mlflow_users_list": [{"name": "bob", "password": "password1234"}]}, "mlflow_users_list[name=bob].password is the publicly known default"),
+    ({"mlflow_users_list": [{"name": "bob", "password": "short-pass"}, {"name": "gone", "state": "absent"}]},
+     "mlflow_users_list[name=bob].password is shorter than 12 characters"),
+    ({"mlflow_users_list": [{"name": "admin", "password": "correct-horse-battery"}]}, "differ from mlflow_users_admin_username ('admin')"),
+    ({"mlflow_users_list": [{"name": "ci", "password": "correct-horse-battery",
+                             "permissions": [{"resource_type": "run", "resource_id": "7", "permission": "READ"}]}]},
+     "mlflow_users_list[name=ci].permissions"),
+    ({"mlflow_users_api_url": "http://127.0.0.1:5000/api"}, "mlflow_users_api_url: 'http://127.0.0.1:5000/api' must be"),
     ({"mlflow_auth_default_permission": "ALL"}, "mlflow_auth_default_permission"),
     ({"vault_mlflow_secret_key": "short"}, "mlflow_service_secret_key"),
     ({"mlflow_service_artifacts_mode": "s3", "aws_profile_mode": "instance_role", "aws_profile_region": "eu-central-1",
@@ -134,6 +163,16 @@ def test_a_secret_set_apart_from_the_shared_one_is_named_without_either_value():
     # Names of earlier releases, and a role's copy of a shared setting set apart.
     ({"mlflow_database_engine": "postgresql"}, "mlflow_database_engine is no longer read: set mlflow_common_database_engine"),
     ({"mlflow_periodic_jobs": False}, "mlflow_periodic_jobs is no longer read: set mlflow_common_periodic_jobs"),
+    ({"mlflow_auth_users": []}, "mlflow_auth_users is no longer read: set mlflow_users_list"),
+    ({"mlflow_auth_prune": True}, "mlflow_auth_prune is no longer read: set mlflow_users_prune"),
+    ({"mlflow_auth_api_url": "http://127.0.0.1:5000"}, "mlflow_auth_api_url is no longer read: set mlflow_users_api_url"),
+    ({"mlflow_auth_api_validate_certs": False},
+     "mlflow_auth_api_validate_certs is no longer read: set mlflow_users_api_validate_certs"),
+    ({"mlflow_auth_health_retries": 3}, "mlflow_auth_health_retries is no longer read: set mlflow_users_health_retries"),
+    ({"mlflow_auth_health_delay": 1}, "mlflow_auth_health_delay is no longer read: set mlflow_users_health_delay"),
+    ({"mlflow_auth_user": "mlflow"}, "mlflow_auth_user is no longer read: set mlflow_common_user"),
+    ({"mlflow_auth_venv_path": "/opt/mlflow/venv"}, "mlflow_auth_venv_path is no longer read: set mlflow_common_venv_path"),
+    ({"mlflow_users_user": "svc"}, "mlflow_users_user ('svc') differs from mlflow_common_user ('mlflow')"),
     ({"mlflow_venv_user": "svc"}, "mlflow_venv_user ('svc') differs from mlflow_common_user ('mlflow')"),
     ({"mlflow_service_port": 5050}, "mlflow_service_port ('5050') differs from mlflow_common_port ('5000')"),
     ({"mlflow_gc_older_than_days": 0}, "mlflow_gc_older_than_days: 0 must be at least 1"),

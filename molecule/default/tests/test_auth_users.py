@@ -1,5 +1,5 @@
-"""The extra users and their grants (mlflow_auth's module, library/
-mlflow_auth_users.py), driven directly on one converged host the way the
+"""The extra users and their grants (mlflow_users' module, library/
+mlflow_users.py), driven directly on one converged host the way the
 role calls it: check mode reports without changing, a run applies, the next
 run changes nothing, drift made through the API is put back, users and
 grants the list does not name are reported and, with prune, removed. What a
@@ -18,7 +18,7 @@ import requests
 from conftest import AUTH_CACHE_TTL, ip_of
 
 HOST = "debian13"
-LIBRARY = str(Path(__file__).resolve().parents[3] / "roles" / "mlflow_auth" / "library")
+LIBRARY = str(Path(__file__).resolve().parents[3] / "roles" / "mlflow_users" / "library")
 SUFFIX = uuid.uuid4().hex[:6]
 CAROL, MALLORY, EVE = f"carol-{SUFFIX}", f"mallory-{SUFFIX}", f"eve-{SUFFIX}"
 CAROL_PASSWORD, OTHER_PASSWORD = uuid.uuid4().hex, uuid.uuid4().hex
@@ -39,7 +39,7 @@ def call(ephemeral_dir: Path, users: list, *flags: str, prune: bool = False, ver
     env = {**os.environ, "ANSIBLE_LIBRARY": LIBRARY, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
     if not verbose:
         env.update({"ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"})
-    cmd = ["ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], HOST, "-m", "mlflow_auth_users",
+    cmd = ["ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], HOST, "-m", "mlflow_users",
            "-a", json.dumps(args), *flags, *(["-vvv", "--diff"] if verbose else [])]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     if verbose:
@@ -173,7 +173,7 @@ def test_verbose_output_warns_shows_no_password_and_absent_users_go(ephemeral_di
         assert out.returncode == 0, text[-3000:]
         assert "module_args" in text  # really -vvv: results keep their invocation
         assert f"delete user {CAROL}" in text
-        assert f"MLflow users not in mlflow_auth_users: {EVE}" in " ".join(text.split())
+        assert f"MLflow users not in mlflow_users_list: {EVE}" in " ".join(text.split())
         for secret in (CAROL_PASSWORD, OTHER_PASSWORD, os.environ["MLFLOW_TEST_READER_PASSWORD"],
                        admin_password(ephemeral_dir)):
             assert secret not in text
@@ -189,4 +189,4 @@ def test_unknown_experiment_name_is_refused_naming_the_variable(ephemeral_dir):
                                "permission": "READ"}]}]
     result = call(ephemeral_dir, users)
     assert result.get("failed") is True
-    assert "mlflow_auth_users" in result["msg"] and f"missing-{SUFFIX}" in result["msg"]
+    assert "mlflow_users_list" in result["msg"] and f"missing-{SUFFIX}" in result["msg"]

@@ -32,7 +32,7 @@ BAD_INPUTS = [
     ({"vault_mlflow_admin_password": "password1234"}, "mlflow_auth_admin_password"),
     ({"vault_mlflow_admin_password": "short-pass"}, "mlflow_auth_admin_password"),
     ({"vault_mlflow_admin_password": ""}, "mlflow_auth_admin_password"),
-    ({"mlflow_auth_users": [{"name": "bob", "password": "password1234"}]}, "mlflow_auth_users"),
+    ({"mlflow_users_list": [{"name": "bob", "password": "password1234"}]}, "mlflow_users_list"),
     ({"vault_mlflow_secret_key": "short"}, "mlflow_service_secret_key"),
     # Types, ranges, choices.
     ({"mlflow_auth_default_permission": "ALL"}, "mlflow_auth_default_permission"),

@@ -170,7 +170,7 @@ DRIFTS = {
         "! grep -q 'client_max_body_size 1k;' /etc/nginx/sites-available/mlflow.conf",
     ),
 }
-PASSWORD_TASK = "mlflow_auth : Set the admin password from the variables"
+PASSWORD_TASK = "mlflow_users : Set the admin password from the variables"
 
 
 def changed_tasks(output: str) -> set[str]:

@@ -282,7 +282,7 @@ def test_rerun_changes_nothing_and_never_prints_the_password():
     """Verbose and with diffs, the roles that handle the database password
     (Molecule's idempotence step re-ran the whole site, without -v/--diff)."""
     result = run_playbook("--diff", "-v", "--tags",
-                          "postgresql,mlflow_venv,mlflow_auth,mlflow_backup,mlflow_service,mlflow_gc")
+                          "postgresql,mlflow_venv,mlflow_auth,mlflow_users,mlflow_backup,mlflow_service,mlflow_gc")
     assert result.returncode == 0, result.stdout[-3000:]
     for name in SERVERS:
         assert any(line.startswith(name) and "changed=0" in line and "failed=0" in line

@@ -1,11 +1,11 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
-"""Role-local module of mlflow_auth: MLflow's extra users and their grants."""
+"""Role-local module of mlflow_users: MLflow's extra users and their grants."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
-module: mlflow_auth_users
+module: mlflow_users
 short_description: Keep MLflow's basic-auth users and their grants as listed
 description:
   - Talks to the REST API of a running MLflow server (basic-auth app) as its
@@ -38,7 +38,7 @@ options:
     type: str
     required: true
   users:
-    description: The users, as mlflow_auth_users documents them.
+    description: The users, as mlflow_users_list documents them.
     type: list
     elements: dict
     required: true
@@ -175,7 +175,7 @@ def main() -> None:
         else:
             ids[name] = str(found["experiment"]["experiment_id"])
     if missing:
-        module.fail_json(msg=f"mlflow_auth_users: no experiment named {missing} exists on the server; "
+        module.fail_json(msg=f"mlflow_users_list: no experiment named {missing} exists on the server; "
                              "create it first or grant by resource_id.")
 
     unlisted_grants: dict = {}
@@ -255,12 +255,12 @@ def main() -> None:
 
     unlisted = {"users": unlisted_users, "grants": unlisted_grants}
     if unlisted_users and not prune:
-        module.warn(f"MLflow users not in mlflow_auth_users: {', '.join(unlisted_users)} "
-                    "(set mlflow_auth_prune: true to delete them).")
+        module.warn(f"MLflow users not in mlflow_users_list: {', '.join(unlisted_users)} "
+                    "(set mlflow_users_prune: true to delete them).")
     if unlisted_grants and not prune and check:
-        module.warn("Grants not in mlflow_auth_users: "
+        module.warn("Grants not in mlflow_users_list: "
                     + "; ".join(f"{user}: {', '.join(grants)}" for user, grants in unlisted_grants.items())
-                    + " (set mlflow_auth_prune: true to revoke them).")
+                    + " (set mlflow_users_prune: true to revoke them).")
     module.exit_json(changed=bool(actions), actions=actions, unlisted=unlisted,
                      diff={"before": json.dumps(before, indent=2, sort_keys=True) + "\n",
                            "after": json.dumps(after, indent=2, sort_keys=True) + "\n"})
