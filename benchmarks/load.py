@@ -37,7 +37,9 @@ big artifact transfer rates, and the checks:
     --timeout a hard stop deletes the experiment and exits (status 3)
 With --podman NAME (a container running mlflow.service) or
 --server-cpu-command CMD, the server's CPU time over the load is read
-(cgroup cpu.stat usage_usec) and the throughput is put against the machine's
+(user + system time of the unit's process tree, reaped children included,
+from /proc: it works with cgroup v1 and v2 alike) and the throughput is put
+against the machine's
 limit: ceiling req/s = cores / server CPU s per request, ratio = req/s / ceiling
 (the share of the cores the server used; nginx not included).
 
@@ -367,15 +369,41 @@ def verify_client(client, plan, state):
 
 
 # --------------------------------------------------------------------------- server CPU
+# Run in the server's container: user + system seconds of the unit's main
+# process and its descendants, each with its reaped children's.
+TREE_CPU = r"""
+import os, subprocess, sys
+main = int(subprocess.run(["systemctl", "show", "--property", "MainPID", "--value", sys.argv[1]],
+                          capture_output=True, text=True, check=True).stdout)
+stats = {}
+for entry in os.listdir("/proc"):
+    if entry.isdigit():
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
+tree, grew = {main}, True
+while grew:
+    more = {pid for pid, (ppid, _) in stats.items() if ppid in tree} - tree
+    tree |= more
+    grew = bool(more)
+if main not in stats:
+    sys.exit(f"{sys.argv[1]} is not running")
+print(sum(stats[pid][1] for pid in tree) / os.sysconf("SC_CLK_TCK"))
+"""
+
 class ServerCpu:
-    """Cumulative CPU seconds of the server: cgroup cpu.stat via podman exec, or a command."""
+    """Cumulative CPU seconds of the server: its process tree's /proc times via
+    podman exec, or a command."""
 
     def __init__(self, args):
         self.cmd = None
         self.cores = args.cores
         if args.podman:
             podman = shutil.which("podman") or "podman"
-            self.cmd = [podman, "exec", args.podman, "cat", f"/sys/fs/cgroup/{args.cgroup.strip('/')}/cpu.stat"]
+            self.cmd = [podman, "exec", args.podman, "python3", "-c", TREE_CPU, args.unit]
             if not self.cores:
                 out = subprocess.run([podman, "exec", args.podman, "nproc"], capture_output=True, text=True,
                                      timeout=60)
@@ -652,10 +680,9 @@ def main():
     parser.add_argument("--timeout", type=float, default=900.0, help="hard limit of the whole run, seconds")
     parser.add_argument("--request-timeout", type=float, default=120.0, help="seconds to wait for one answer")
     parser.add_argument("--podman", metavar="NAME", help="container running mlflow.service: read its CPU time")
-    parser.add_argument("--cgroup", default="system.slice/mlflow.service",
-                        help="the service's cgroup under /sys/fs/cgroup in the container")
+    parser.add_argument("--unit", default="mlflow", help="the server's systemd unit in --podman's container")
     parser.add_argument("--server-cpu-command", metavar="CMD",
-                        help="instead of --podman: prints the server's cumulative CPU (a cpu.stat, or seconds)")
+                        help="instead of --podman: prints the server's cumulative CPU seconds (or a cpu.stat)")
     parser.add_argument("--cores", type=int, help="server cores (default: nproc in --podman's container, "
                                                   "else this machine's)")
     parser.add_argument("--seed", default="mlflow-load", help="seed of the generated values")
