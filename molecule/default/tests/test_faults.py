@@ -10,14 +10,18 @@ each, prefixed `FIGURE` (conftest.py), for the README's table."""
 import os
 import re
 import shlex
-import threading
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
 
 from conftest import FIGURES, ip_of
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "resources"))
+from traffic import MetricLogger  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 testinfra_hosts = ["podman://debian12"]
@@ -75,47 +79,11 @@ def metric_steps(session, ip: str, run_id: str, key: str) -> set[int]:
     return {int(m["step"]) for m in history.json().get("metrics", [])}
 
 
-class Logger(threading.Thread):
-    """Logs one metric step per request through the proxy until stopped, and
-    remembers the steps the server answered 200 for: the client was told
-    those succeeded, so each must be stored."""
-
-    def __init__(self, ip: str, run_id: str, key: str):
-        super().__init__(daemon=True)
-        self.ip, self.run_id, self.key = ip, run_id, key
-        self.stop = threading.Event()
-        self.acknowledged: list[int] = []
-        self.failed = 0
-
-    def run(self):
-        s = requests.Session()
-        s.auth = ("admin", os.environ["MLFLOW_TEST_ADMIN_PASSWORD"])
-        s.verify, s.trust_env = False, False
-        step = 0
-        while not self.stop.is_set():
-            try:
-                r = s.post(f"https://{self.ip}/api/2.0/mlflow/runs/log-metric", timeout=15, json={
-                    "run_id": self.run_id, "key": self.key, "value": step,
-                    "timestamp": int(time.time() * 1000), "step": step})
-                if r.status_code == 200:
-                    self.acknowledged.append(step)
-                else:
-                    self.failed += 1
-            except requests.RequestException:
-                self.failed += 1
-            step += 1
-            time.sleep(0.05)
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.join(timeout=30)
+def traffic(ip: str, run_id: str, key: str) -> MetricLogger:
+    return MetricLogger(f"https://{ip}", ("admin", os.environ["MLFLOW_TEST_ADMIN_PASSWORD"]), run_id, key)
 
 
-def assert_nothing_acknowledged_was_lost(session, ip, run, logger: Logger) -> None:
+def assert_nothing_acknowledged_was_lost(session, ip, run, logger: MetricLogger) -> None:
     assert logger.acknowledged, "the client never got an answer: the fault was not observed under traffic"
     lost = sorted(set(logger.acknowledged) - metric_steps(session, ip, run["run_id"], logger.key))
     assert not lost, f"acknowledged but not stored: steps {lost[:20]}"
@@ -159,7 +127,7 @@ def wait_until(condition, timeout: float, interval: float = 0.2) -> float | None
 # --- crash ----------------------------------------------------------------------------------
 def test_the_main_process_killed_is_healthy_again_within_the_bound(host, ip, session, run):
     before = main_pid(host)
-    with Logger(ip, run["run_id"], "crash-main") as logger:
+    with traffic(ip, run["run_id"], "crash-main") as logger:
         time.sleep(2)
         host.run_expect([0], f"kill -KILL {before}")
         # Healthy means answered by the new server, not by a worker of the
@@ -178,7 +146,7 @@ def test_a_killed_worker_is_replaced_while_the_other_serves(host, ip, session, r
     main, before = main_pid(host), workers(host)
     assert len(before) == 2, f"expected mlflow_service_workers (2) uvicorn workers, found {before}"
     victim = before[0]
-    with Logger(ip, run["run_id"], "crash-worker") as logger:
+    with traffic(ip, run["run_id"], "crash-worker") as logger:
         time.sleep(2)
         host.run_expect([0], f"kill -KILL {victim}")
         replaced = wait_until(lambda: len(current := workers(host)) == 2 and victim not in current, timeout=WORKER_BOUND + 45)
@@ -207,7 +175,7 @@ def test_s3_unreachable_keeps_metadata_and_fails_artifact_calls_with_the_cause_l
     fault_started = float(host.check_output("date +%s"))
     host.run_expect([0], f"iptables -I {rule}")
     try:
-        with Logger(ip, run["run_id"], "s3-down") as logger:
+        with traffic(ip, run["run_id"], "s3-down") as logger:
             start = time.monotonic()
             upload = call(session, ip, "PUT", artifact_path(run, "during.bin"), data=b"x" * 1024, timeout=300)
             upload_seconds = time.monotonic() - start

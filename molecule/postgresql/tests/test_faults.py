@@ -5,15 +5,19 @@ whole time; every request a server answered 200 for must be stored, and both
 servers must recover by themselves, without a restart. Figures are listed at
 the end of the run, prefixed `FIGURE` (conftest.py)."""
 import subprocess
-import threading
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
 
 from conftest import FIGURES, IP, PRIMARY, SECONDARY, secret
 from test_shared_postgresql import HOSTS, log_run, psql, read_run, wait_healthy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "resources"))
+from traffic import MetricLogger  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 SERVERS = [PRIMARY, SECONDARY]
@@ -53,43 +57,10 @@ def runs() -> dict[str, str]:
     return out
 
 
-class Logger(threading.Thread):
-    """One metric step per request through a server's proxy until stopped;
-    the steps answered 200 must be stored, and every other answer is kept."""
-
-    def __init__(self, server: str, run_id: str, key: str):
-        super().__init__(daemon=True)
-        self.server, self.run_id, self.key = server, run_id, key
-        self.stop = threading.Event()
-        self.acknowledged: list[int] = []
-        self.refused: list[int | str] = []
-        self.last_refused = 0.0
-
-    def run(self):
-        step = 0
-        while not self.stop.is_set():
-            try:
-                r = api(self.server, "POST", "/api/2.0/mlflow/runs/log-metric", timeout=15, json={
-                    "run_id": self.run_id, "key": self.key, "value": step,
-                    "timestamp": int(time.time() * 1000), "step": step})
-                if r.status_code == 200:
-                    self.acknowledged.append(step)
-                else:
-                    self.refused.append(r.status_code)
-                    self.last_refused = time.monotonic()
-            except requests.RequestException as exc:
-                self.refused.append(type(exc).__name__)
-                self.last_refused = time.monotonic()
-            step += 1
-            time.sleep(0.1)
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.join(timeout=30)
+def traffic(server: str, run_id: str, key: str) -> MetricLogger:
+    logger = MetricLogger(f"https://{IP[server]}", admin(), run_id, key, interval=0.1)
+    logger.server = server
+    return logger
 
 
 def stored_steps(run_id: str, key: str) -> set[int]:
@@ -118,7 +89,7 @@ def wait_for_writes(runs: dict, timeout: float) -> float | None:
 
 def test_postgresql_stopped_for_a_while_errors_then_both_servers_recover_by_themselves(runs):
     pids = {server: main_pid(server) for server in SERVERS}
-    loggers = [Logger(server, runs[server], "pg-down") for server in SERVERS]
+    loggers = [traffic(server, runs[server], "pg-down") for server in SERVERS]
     for logger in loggers:
         logger.start()
     try:
