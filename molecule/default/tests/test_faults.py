@@ -26,9 +26,14 @@ from traffic import MetricLogger  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 testinfra_hosts = ["podman://debian12"]
 
-# Seconds from the SIGKILL of the main process to /health OK through the
-# proxy, served by the restarted server (RestartSec 1 s plus its start).
-CRASH_BOUND = 10
+# Seconds from the SIGKILL of the main process to a new main process:
+# systemd stops the old workers, waits RestartSec (1 s) and starts it again.
+RESTART_BOUND = 5
+# Seconds from the SIGKILL to /health OK through the proxy, served by the
+# restarted server. Typically 6.5-7.2 s here; the start (the server's and its
+# workers' Python imports) is CPU-bound, and CI shares two cores with the
+# test client and the other host: one clean-clone run measured 10.2 s.
+CRASH_BOUND = 15
 # Seconds until a killed worker is replaced (uvicorn's supervisor starts a new
 # one; the other worker serves meanwhile).
 WORKER_BOUND = 15
@@ -129,15 +134,22 @@ def test_the_main_process_killed_is_healthy_again_within_the_bound(host, ip, ses
     before = main_pid(host)
     with traffic(ip, run["run_id"], "crash-main") as logger:
         time.sleep(2)
+        killed = time.monotonic()
         host.run_expect([0], f"kill -KILL {before}")
         # Healthy means answered by the new server, not by a worker of the
         # old one that systemd has not stopped yet.
-        recovered = wait_until(lambda: main_pid(host) not in (0, before) and healthy(ip), timeout=CRASH_BOUND + 50)
+        restarted = wait_until(lambda: main_pid(host) not in (0, before), timeout=RESTART_BOUND + 25)
+        restarted_s = None if restarted is None else time.monotonic() - killed
+        recovered = None if restarted is None else wait_until(lambda: healthy(ip), timeout=CRASH_BOUND + 45)
+        recovered_s = None if recovered is None else time.monotonic() - killed
         time.sleep(2)
-    figure("SIGKILL of the main process to /health OK (s)", None if recovered is None else round(recovered, 1))
+    figure("SIGKILL of the main process to a new main process (s)", None if restarted_s is None else round(restarted_s, 1))
+    figure("SIGKILL of the main process to /health OK (s)", None if recovered_s is None else round(recovered_s, 1))
     figure("requests failed during the main-process crash", logger.failed)
-    assert recovered is not None, "/health did not answer OK again within a minute"
-    assert recovered <= CRASH_BOUND, f"/health OK again after {recovered:.1f}s, the bound is {CRASH_BOUND}s"
+    assert restarted_s is not None, "systemd did not start a new main process within 30 s"
+    assert restarted_s <= RESTART_BOUND, f"new main process after {restarted_s:.1f}s, the bound is {RESTART_BOUND}s"
+    assert recovered_s is not None, "/health did not answer OK again within a minute"
+    assert recovered_s <= CRASH_BOUND, f"/health OK again after {recovered_s:.1f}s, the bound is {CRASH_BOUND}s"
     assert host.service("mlflow").is_running
     assert_nothing_acknowledged_was_lost(session, ip, run, logger)
 
