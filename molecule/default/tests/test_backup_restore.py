@@ -3,7 +3,7 @@ operator sees them: the cron job's own command run as cron runs it (root,
 which has the backup made as the service user and records it in its ledger),
 archives on disk and in the bucket, the lock, retention, a failed upload, an
 archive the service planted or replaced, and a restore after the databases
-are destroyed while clients keep logging."""
+are destroyed, of a backup taken during the full load (benchmarks/load.py)."""
 import hashlib
 import json
 import os
@@ -19,7 +19,7 @@ import pytest
 import requests
 import testinfra
 
-from conftest import ip_of
+from conftest import FIGURES, ip_of
 from test_persistence import LOG_RUN, READ_RUN, client_env
 
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
@@ -84,7 +84,7 @@ def host_backups_s3(host_name: str) -> list[str]:
 def db_rows(host, db: str, query: str) -> set[str]:
     code = (f"import sqlite3; c = sqlite3.connect('file:/var/lib/mlflow/{db}?mode=ro', uri=True, timeout=60); "
             f"print('\\n'.join(str(r[0]) for r in c.execute({query!r})))")
-    return set(host.check_output(f"/opt/mlflow/venv/bin/python -c {shlex.quote(code)}").split())
+    return set(host.check_output(f"/opt/mlflow/venv/bin/python -c {shlex.quote(code)}").splitlines())
 
 
 def test_cron_entries_are_roots_and_run_the_jobs(host):
@@ -216,16 +216,11 @@ def test_an_archive_planted_or_replaced_by_the_service_is_never_the_default_rest
 
 
 # --- restore ---------------------------------------------------------------------------------
-LOAD_CLIENT = """
-import os, sys, mlflow
-mlflow.set_experiment("restore-load")
-stop = sys.argv[1]
-while not os.path.exists(stop):
-    with mlflow.start_run() as run:
-        mlflow.log_param("p", "1")
-        mlflow.log_metric("m", 1.0)
-    print(run.info.run_id, flush=True)
-"""
+LOAD = Path(__file__).resolve().parents[3] / "benchmarks" / "load.py"
+# Every metric value, param and run of the load as the backup starts, one
+# whitespace-free line each.
+METRIC_ROWS = "SELECT run_uuid || '|' || key || '|' || step || '|' || timestamp || '|' || value FROM metrics"
+PARAM_ROWS = "SELECT run_uuid || '|' || key || '|' || value FROM params"
 
 
 def api(ip: str, method: str, path: str, auth, **kwargs):
@@ -254,29 +249,44 @@ def test_restore_after_the_databases_are_destroyed(host, host_name, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     artifact_run = out.stdout.splitlines()[-1].split()[0]
 
-    # Several clients keep logging runs while the backup is taken.
-    stop = tmp_path / "stop"
-    clients = []
+    # The full load (benchmarks/load.py: 16 clients, log-batch and single
+    # calls, a 110 MB artifact) runs while the backup is taken; the backup
+    # starts once the clients are logging metrics.
+    metrics_start = int(next(iter(db_rows(host, "mlflow.db", "SELECT count(*) FROM metrics"))))
+    figures = tmp_path / "load.json"
+    load = subprocess.Popen(
+        [sys.executable, str(LOAD), "--url", f"https://{ip}", "--insecure", "--podman", host_name,
+         "--tmpdir", str(tmp_path), "--timeout", "600", "--json", str(figures)],
+        env={**os.environ, "MLFLOW_LOAD_PASSWORD": password}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        for _ in range(3):
-            clients.append(subprocess.Popen([sys.executable, "-c", LOAD_CLIENT, str(stop)], env=client_env(ip, password),
-                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-            time.sleep(8)  # the first one creates the experiment
-        time.sleep(5)
+        deadline = time.monotonic() + 180
+        while int(next(iter(db_rows(host, "mlflow.db", "SELECT count(*) FROM metrics")))) < metrics_start + 300:
+            assert load.poll() is None, "the load ended before it logged 300 metric values"
+            assert time.monotonic() < deadline, "the load logged fewer than 300 metric values in 180 s"
+            time.sleep(0.5)
         runs_before = db_rows(host, "mlflow.db", "SELECT run_uuid FROM runs")
+        metrics_before = db_rows(host, "mlflow.db", METRIC_ROWS)
+        params_before = db_rows(host, "mlflow.db", PARAM_ROWS)
         users_before = db_rows(host, "auth.db", "SELECT username FROM users")
+        started = time.monotonic()
         backup = run_backup_job(host)
-        time.sleep(5)
+        backup_s = time.monotonic() - started
+        still_loading = load.poll() is None
+        output, _ = load.communicate(timeout=660)
     finally:
-        stop.touch()
-        results = [c.communicate(timeout=180) for c in clients]
+        if load.poll() is None:
+            load.kill()
+            load.communicate()
     assert backup.rc == 0, backup.stderr
-    for client, (stdout, stderr) in zip(clients, results):
-        assert client.returncode == 0, stderr[-2000:]
-    logged = {line.split()[0] for stdout, _ in results for line in stdout.splitlines() if line.strip()}
+    # The load lost nothing and met no 5xx or "database is locked" while the
+    # backup read the database.
+    assert load.returncode == 0, output[-4000:]
     runs_after_backup = db_rows(host, "mlflow.db", "SELECT run_uuid FROM runs")
-    # The clients really wrote during the backup window: before, during and after it.
-    assert logged & runs_before and logged - runs_before, "the load clients did not overlap the backup"
+    metrics_after_load = db_rows(host, "mlflow.db", METRIC_ROWS)
+    # The clients really wrote before, during and after the backup.
+    assert still_loading, "the load ended before the backup did"
+    assert len(metrics_before) > metrics_start and metrics_after_load - metrics_before, \
+        "the load did not overlap the backup"
     assert artifact_run in runs_before and probe_user in users_before
 
     # Destroy both databases and every local archive: the restore must fetch
@@ -307,6 +317,15 @@ def test_restore_after_the_databases_are_destroyed(host, host_name, tmp_path):
     # nothing that never existed.
     assert runs_before <= runs_restored, f"lost runs: {sorted(runs_before - runs_restored)[:10]}"
     assert runs_restored <= runs_after_backup
+    metrics_restored = db_rows(host, "mlflow.db", METRIC_ROWS)
+    assert metrics_before <= metrics_restored, f"lost metric values: {sorted(metrics_before - metrics_restored)[:10]}"
+    assert metrics_restored <= metrics_after_load
+    params_restored = db_rows(host, "mlflow.db", PARAM_ROWS)
+    assert params_before <= params_restored, f"lost params: {sorted(params_before - params_restored)[:10]}"
+    fig = json.loads(figures.read_text())
+    FIGURES.append(f"backup during the full load ({host_name}, SQLite, 16 clients, {fig['req_per_s']:.1f} req/s, "
+                   f"0 requests failed): taken in {backup_s:.1f} s, holding {len(metrics_before) - metrics_start} "
+                   f"of the load's metric values, every one restored")
     assert users_before == users_restored
     for db in ("mlflow.db", "auth.db"):
         restored_file = host.file(f"/var/lib/mlflow/{db}")
