@@ -87,6 +87,10 @@ def db_rows(host, db: str, query: str) -> set[str]:
     return set(host.check_output(f"/opt/mlflow/venv/bin/python -c {shlex.quote(code)}").splitlines())
 
 
+def metric_count(host) -> int:
+    return int(next(iter(db_rows(host, "mlflow.db", "SELECT count(*) FROM metrics"))))
+
+
 def test_cron_entries_are_roots_and_run_the_jobs(host):
     # Root's files in /etc/cron.d: the service user cannot change its own jobs.
     for name, job in (("mlflow-backup", r"15 2 \* \* \* root /usr/local/sbin/mlflow-backup create --quiet"),
@@ -252,7 +256,7 @@ def test_restore_after_the_databases_are_destroyed(host, host_name, tmp_path):
     # The full load (benchmarks/load.py: 16 clients, log-batch and single
     # calls, a 110 MB artifact) runs while the backup is taken; the backup
     # starts once the clients are logging metrics.
-    metrics_start = int(next(iter(db_rows(host, "mlflow.db", "SELECT count(*) FROM metrics"))))
+    metrics_start = metric_count(host)
     figures = tmp_path / "load.json"
     load = subprocess.Popen(
         [sys.executable, str(LOAD), "--url", f"https://{ip}", "--insecure", "--podman", host_name,
@@ -260,7 +264,7 @@ def test_restore_after_the_databases_are_destroyed(host, host_name, tmp_path):
         env={**os.environ, "MLFLOW_LOAD_PASSWORD": password}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 180
-        while int(next(iter(db_rows(host, "mlflow.db", "SELECT count(*) FROM metrics")))) < metrics_start + 300:
+        while metric_count(host) < metrics_start + 300:
             assert load.poll() is None, "the load ended before it logged 300 metric values"
             assert time.monotonic() < deadline, "the load logged fewer than 300 metric values in 180 s"
             time.sleep(0.5)
