@@ -18,6 +18,8 @@ import requests
 import urllib3
 from cryptography import x509
 
+from conftest import AUTH_CACHE_TTL
+
 # The proxy serves a self-signed certificate: the checks talk to it without
 # verification (the certificate itself is checked separately); TLS 1.0/1.1
 # are offered on purpose to see the server refuse them.
@@ -78,7 +80,8 @@ def test_auth_ini_is_private_to_mlflow(host):
     assert (ini.user, ini.group, ini.mode) == ("root", "mlflow", 0o640)
     content = ini.content_string
     assert re.search(r"^database_uri = sqlite:////", content, re.M)
-    assert re.search(r"^auth_cache_ttl_seconds = \d+$", content, re.M)
+    # The scenario's setting, not the role's default, is in effect.
+    assert re.search(rf"^auth_cache_ttl_seconds = {AUTH_CACHE_TTL}$", content, re.M)
 
 
 def test_tls_private_key_is_root_only(host):
