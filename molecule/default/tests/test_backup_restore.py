@@ -147,11 +147,11 @@ def test_scheduled_job_writes_archive_and_checksum_locally_and_to_the_bucket(hos
 
 def test_second_run_is_refused_while_one_holds_the_lock(host):
     command = cron_command(host, "mlflow-backup")
-    holder = host.run(f"runuser -u mlflow -- flock {STATE_DIR}/lock sleep 20 >/dev/null 2>&1 & sleep 1; {command}; echo rc=$?")
+    holder = host.run(f"runuser -u mlflow -- flock {STATE_DIR}/lock sleep 10 >/dev/null 2>&1 & sleep 1; {command}; echo rc=$?")
     assert "rc=75" in holder.stdout, holder.stdout + holder.stderr
     assert "another mlflow-backup run holds" in holder.stderr
-    # Released again: the next run works.
-    time.sleep(20)
+    # Released again (waited for, not slept on): the next run works.
+    host.run_expect([0], f"runuser -u mlflow -- flock -w 30 {STATE_DIR}/lock true")
     assert run_backup_job(host).rc == 0
 
 
