@@ -64,6 +64,13 @@ def test_allow_lists_that_keep_the_controller_in_pass(extra):
     assert result.returncode == 0, result.stdout[-3000:]
 
 
+def test_acme_with_dns_names_and_a_contact_passes():
+    result = preflight({"mlflow_proxy_tls_mode": "acme", "mlflow_proxy_acme_email": "ops@example.com",
+                        "mlflow_proxy_server_names": ["mlflow.example.com", "tracking.example.com"],
+                        "mlflow_proxy_acme_directory": "https://acme-staging-v02.api.letsencrypt.org/directory"})
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
 def test_extra_users_with_grants_pass():
     result = preflight({"mlflow_users_prune": True, "mlflow_users_list": [
         {"name": "reader", "password": "correct-horse-battery-reader"},
@@ -138,6 +145,22 @@ def test_weak_passwords_are_named_without_their_values():
     ({"aws_profile_mode": "instance_role"}, "aws_profile_region"),
     ({"mlflow_venv_version": ">=3"}, "mlflow_venv_version"),
     ({"mlflow_proxy_tls_mode": "provided"}, "mlflow_proxy_tls_cert"),
+    # ACME: names the HTTP-01 challenge can validate, a contact, port 80.
+    ({"mlflow_proxy_tls_mode": "acme", "mlflow_proxy_acme_email": "ops@example.com",
+      "mlflow_proxy_server_names": ["203.0.113.7"]},
+     "mlflow_proxy_tls_mode is acme: mlflow_proxy_server_names must be DNS names that point at this host"),
+    ({"mlflow_proxy_tls_mode": "acme", "mlflow_proxy_acme_email": "ops@example.com",
+      "mlflow_proxy_server_names": ["*.example.com"]}, "not usable: ['*.example.com']"),
+    ({"mlflow_proxy_tls_mode": "acme", "mlflow_proxy_acme_email": "ops@example.com", "mlflow_proxy_server_names": []},
+     "mlflow_proxy_server_names must list at least one DNS name"),
+    ({"mlflow_proxy_tls_mode": "acme", "mlflow_proxy_server_names": ["mlflow.example.com"]},
+     "mlflow_proxy_tls_mode is acme: mlflow_proxy_acme_email ('') must be the contact address"),
+    ({"mlflow_proxy_tls_mode": "acme", "mlflow_proxy_acme_email": "ops@example.com",
+      "mlflow_proxy_server_names": ["mlflow.example.com"], "mlflow_proxy_http_port": 8080},
+     "mlflow_proxy_http_port (8080) must be 80"),
+    ({"mlflow_proxy_tls_mode": "acme", "mlflow_proxy_acme_email": "ops@example.com",
+      "mlflow_proxy_server_names": ["mlflow.example.com"], "mlflow_proxy_acme_directory": "http://acme.internal/dir"},
+     "mlflow_proxy_acme_directory ('http://acme.internal/dir') must be an https:// URL"),
     ({"mlflow_backup_retention": 0}, "mlflow_backup_retention: 0 must be at least 1"),
     ({"mlflow_backup_aside_keep": 0}, "mlflow_backup_aside_keep: 0 must be at least 1"),
     ({"mlflow_service_upgrade_keep_snapshots": 0}, "mlflow_service_upgrade_keep_snapshots (0)"),
