@@ -5,7 +5,8 @@ A client that trusts only Pebble's root verifies what nginx serves for
 mlflow.test; certbot.timer's service renews when the certificate is due and
 then only, installing the new one and reloading nginx; a renewal that fails
 because the ACME server cannot be reached keeps the current certificate served and
-says so in the journal. Molecule's idempotence step already proved that a
+says so in the journal; leaving acme mode removes certbot's lineage, so no
+renewal brings the ACME certificate back. Molecule's idempotence step already proved that a
 re-run while the certificate is valid changes nothing.
 """
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import IP, OUTSIDER, SECONDARY
+from conftest import IP, OUTSIDER, SECONDARY, run_playbook
 
 testinfra_hosts = [f"podman://{SECONDARY}"]
 
@@ -48,6 +49,15 @@ def served(root: str) -> dict:
     with socket.create_connection((IP[SECONDARY], 443), timeout=10) as sock:
         with context.wrap_socket(sock, server_hostname=NAME) as tls:
             return {"der": tls.getpeercert(binary_form=True), **tls.getpeercert()}
+
+
+def served_unverified() -> list[str]:
+    """The PEM lines of the certificate nginx serves for NAME, unverified."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection((IP[SECONDARY], 443), timeout=10) as sock:
+        with context.wrap_socket(sock, server_hostname=NAME) as tls:
+            return ssl.DER_cert_to_PEM_cert(tls.getpeercert(binary_form=True)).split()
 
 
 def workers(host) -> set[str]:
@@ -132,3 +142,27 @@ def test_renewal_when_due_only_and_a_failed_one_keeps_the_certificate(host, pebb
         host.run(f"iptables -D OUTPUT {BLOCK_ACME}")
         host.check_output(f"printf %s {shlex.quote(original)} > {RENEWAL_CONF}")
         host.run("systemctl reset-failed certbot.service")
+
+
+def test_leaving_acme_mode_removes_the_lineage_and_its_renewal(host, pebble_root):
+    """Back to self_signed (the last check here: later ones leave the proxy
+    alone): nginx serves the host's own certificate, and nothing of certbot's
+    lineage is left to put the ACME one back at the next renewal."""
+    result = run_playbook("--limit", SECONDARY, "-e", "mlflow_proxy_tls_mode=self_signed")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "Forget the ACME certificate of an earlier acme mode" in result.stdout
+    for path in [RENEWAL_CONF, "/etc/letsencrypt/live/mlflow", "/usr/local/sbin/mlflow-proxy-acme-deploy",
+                 "/var/lib/mlflow-acme"]:
+        assert not host.file(path).exists, path
+    # nginx serves the self-signed certificate (once its reload is through),
+    # which Pebble's root does not verify.
+    own = host.file("/etc/ssl/mlflow/mlflow.crt").content_string.split()
+    deadline = time.monotonic() + 20
+    while (now := served_unverified()) != own and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert now == own
+    with pytest.raises(ssl.SSLCertVerificationError):
+        served(pebble_root)
+    # certbot.timer's next run has nothing to renew and leaves it alone.
+    assert start_renewal(host).rc == 0
+    assert served_unverified() == own == host.file("/etc/ssl/mlflow/mlflow.crt").content_string.split()
