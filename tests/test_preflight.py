@@ -66,7 +66,7 @@ def test_allow_lists_that_keep_the_controller_in_pass(extra):
 
 def test_acme_with_dns_names_and_a_contact_passes():
     result = preflight({"mlflow_proxy_tls_mode": "acme", "mlflow_proxy_acme_email": "ops@example.com",
-                        "mlflow_proxy_server_names": ["mlflow.example.com", "tracking.example.com"],
+                        "mlflow_proxy_server_names": ["MLflow.example.com", "tracking.example.com"],
                         "mlflow_proxy_acme_directory": "https://acme-staging-v02.api.letsencrypt.org/directory"})
     assert result.returncode == 0, result.stdout[-3000:]
 
@@ -148,9 +148,12 @@ def test_weak_passwords_are_named_without_their_values():
     # ACME: names the HTTP-01 challenge can validate, a contact, port 80.
     ({"mlflow_proxy_tls_mode": "acme", "mlflow_proxy_acme_email": "ops@example.com",
       "mlflow_proxy_server_names": ["203.0.113.7"]},
-     "mlflow_proxy_tls_mode is acme: mlflow_proxy_server_names must be DNS names that point at this host"),
+     "mlflow_proxy_tls_mode is acme: mlflow_proxy_server_names must be public DNS names that point at this host"),
     ({"mlflow_proxy_tls_mode": "acme", "mlflow_proxy_acme_email": "ops@example.com",
       "mlflow_proxy_server_names": ["*.example.com"]}, "not usable: ['*.example.com']"),
+    # A single label (the default, the inventory host name) is no public name.
+    ({"mlflow_proxy_tls_mode": "acme", "mlflow_proxy_acme_email": "ops@example.com",
+      "mlflow_proxy_server_names": ["mlflow.example.com", "mlflow-1"]}, "not usable: ['mlflow-1']"),
     ({"mlflow_proxy_tls_mode": "acme", "mlflow_proxy_acme_email": "ops@example.com", "mlflow_proxy_server_names": []},
      "mlflow_proxy_server_names must list at least one DNS name"),
     ({"mlflow_proxy_tls_mode": "acme", "mlflow_proxy_server_names": ["mlflow.example.com"]},
