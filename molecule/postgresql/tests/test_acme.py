@@ -10,6 +10,7 @@ renewal brings the ACME certificate back. Molecule's idempotence step already pr
 re-run while the certificate is valid changes nothing.
 """
 import os
+import re
 import shlex
 import socket
 import ssl
@@ -142,6 +143,21 @@ def test_renewal_when_due_only_and_a_failed_one_keeps_the_certificate(host, pebb
         host.run(f"iptables -D OUTPUT {BLOCK_ACME}")
         host.check_output(f"printf %s {shlex.quote(original)} > {RENEWAL_CONF}")
         host.run("systemctl reset-failed certbot.service")
+
+
+def test_a_run_renews_a_due_certificate_the_timer_did_not(host, pebble_root):
+    """The role's own check: a certificate within the renewal margin (raised
+    here above its whole life, as if certbot.timer had failed for weeks) is
+    renewed by the next run, which reloads nginx."""
+    before = served(pebble_root)["der"]
+    result = run_playbook("--limit", SECONDARY, "--tags", "certificate",
+                          "-e", "mlflow_proxy_acme_renew_before_days=3650")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert re.search(rf"^{SECONDARY}\s*:.*changed=[1-9]", result.stdout, re.M), result.stdout[-3000:]
+    deadline = time.monotonic() + 20
+    while (after := served(pebble_root)["der"]) == before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert after != before
 
 
 def test_leaving_acme_mode_removes_the_lineage_and_its_renewal(host, pebble_root):
