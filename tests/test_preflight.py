@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import ansible
+from conftest import ansible, preflight_batch
 
 GOOD_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq7zTlQ3bEdq5xYw0cYt8yW1Zk6mXh1aQx3bB2cD4eF test@example"
 # Test-only values, good enough to pass every check.
@@ -15,6 +15,8 @@ VALID = {
 
 
 def preflight(extra: dict):
+    """One run of site.yml's preflight, as an operator runs it, with the
+    case's variables as extra vars."""
     return ansible([
         "ansible-playbook", "playbooks/site.yml",
         "-i", "tests/preflight_inventory.yml",
@@ -23,30 +25,54 @@ def preflight(extra: dict):
     ])
 
 
+# Input every check accepts (beyond VALID): each a host of the batch run.
+PASSING = {
+    "cron schedules with ranges, lists, steps and names": {
+        "mlflow_backup_schedule": "0 */6 1,15 jan-jun mon-fri", "mlflow_gc_schedule": "30 4 * * 7",
+        "mlflow_backup_destination": "s3", "mlflow_backup_s3_bucket": "backups.example-1"},
+    "shared settings followed by every role": {
+        "mlflow_common_user": "svc", "mlflow_common_port": 5050, "mlflow_common_home": "/srv/mlflow"},
+    "extra AWS settings": {
+        "aws_profile_mode": "instance_role", "aws_profile_region": "eu-central-1",
+        "aws_profile_config_extra": {"retry_mode": "standard", "max_attempts": 5, "use_fips_endpoint": False}},
+    "MLflow's port open to listed sources without the proxy": {
+        "mlflow_proxy_enabled": False, "mlflow_service_allow_from": ["10.20.0.0/16", "192.0.2.7"]},
+    "ACME with DNS names and a contact": {
+        "mlflow_proxy_tls_mode": "acme", "mlflow_proxy_acme_email": "ops@example.com",
+        "mlflow_proxy_server_names": ["MLflow.example.com", "tracking.example.com"],
+        "mlflow_proxy_acme_directory": "https://acme-staging-v02.api.letsencrypt.org/directory"},
+    "extra users with grants": {"mlflow_users_prune": True, "mlflow_users_list": [
+        {"name": "reader", "password": "correct-horse-battery-reader"},
+        {"name": "ci@example.com", "password": "correct-horse-battery-ci", "admin": False,
+         "permissions": [{"resource_type": "experiment", "resource_name": "production", "permission": "EDIT"},
+                         {"resource_type": "registered_model", "resource_id": "churn", "permission": "MANAGE"},
+                         {"resource_type": "run", "resource_id": "*", "permission": "READ"}]},
+        {"name": "former-colleague", "state": "absent"}]},
+}
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    """Every case of PASSING and BAD in one preflight run (see preflight_batch)."""
+    cases = {f"pass {name}": extra for name, extra in PASSING.items()}
+    cases.update({f"bad {index}": extra for index, (extra, _) in enumerate(BAD)})
+    return preflight_batch(tmp_path_factory.mktemp("preflight"), {name: {**VALID, **extra} for name, extra in cases.items()})
+
+
 def test_valid_input_passes():
+    # site.yml itself, as an operator runs it.
     result = preflight({})
     assert result.returncode == 0, result.stdout[-3000:]
     assert "failed=0" in result.stdout
 
 
-def test_cron_schedules_with_ranges_lists_steps_and_names_pass():
-    result = preflight({"mlflow_backup_schedule": "0 */6 1,15 jan-jun mon-fri", "mlflow_gc_schedule": "30 4 * * 7",
-                        "mlflow_backup_destination": "s3", "mlflow_backup_s3_bucket": "backups.example-1"})
-    assert result.returncode == 0, result.stdout[-3000:]
+@pytest.mark.parametrize("name", list(PASSING))
+def test_accepted_input_passes(batch, name):
+    assert not batch[f"pass {name}"]["failed"], batch[f"pass {name}"]["text"][-3000:]
 
 
-def test_shared_settings_are_followed_by_every_role():
-    result = preflight({"mlflow_common_user": "svc", "mlflow_common_port": 5050, "mlflow_common_home": "/srv/mlflow"})
-    assert result.returncode == 0, result.stdout[-3000:]
-
-
-def test_extra_aws_settings_pass():
-    result = preflight({"aws_profile_mode": "instance_role", "aws_profile_region": "eu-central-1",
-                        "aws_profile_config_extra": {"retry_mode": "standard", "max_attempts": 5,
-                                                     "use_fips_endpoint": False}})
-    assert result.returncode == 0, result.stdout[-3000:]
-
-
+# The controller's address is an internal variable (read from the SSH
+# connection), which only extra vars override: these run alone.
 @pytest.mark.parametrize("extra", [
     # Any notation of the controller's address or a network around it.
     {"hardening_ssh_allow_from": ["203.0.113.7/32"], "_hardening_controller_address": "203.0.113.7"},
@@ -57,29 +83,20 @@ def test_extra_aws_settings_pass():
     # connection comes from another listed address.
     {"hardening_ssh_allow_from": ["192.0.2.0/24"], "_hardening_controller_address": "203.0.113.7",
      "hardening_ssh_allow_from_check_controller": False},
-    {"mlflow_proxy_enabled": False, "mlflow_service_allow_from": ["10.20.0.0/16", "192.0.2.7"]},
 ])
 def test_allow_lists_that_keep_the_controller_in_pass(extra):
     result = preflight(extra)
     assert result.returncode == 0, result.stdout[-3000:]
 
 
-def test_acme_with_dns_names_and_a_contact_passes():
-    result = preflight({"mlflow_proxy_tls_mode": "acme", "mlflow_proxy_acme_email": "ops@example.com",
-                        "mlflow_proxy_server_names": ["MLflow.example.com", "tracking.example.com"],
-                        "mlflow_proxy_acme_directory": "https://acme-staging-v02.api.letsencrypt.org/directory"})
-    assert result.returncode == 0, result.stdout[-3000:]
-
-
-def test_extra_users_with_grants_pass():
-    result = preflight({"mlflow_users_prune": True, "mlflow_users_list": [
-        {"name": "reader", "password": "correct-horse-battery-reader"},
-        {"name": "ci@example.com", "password": "correct-horse-battery-ci", "admin": False,
-         "permissions": [{"resource_type": "experiment", "resource_name": "production", "permission": "EDIT"},
-                         {"resource_type": "registered_model", "resource_id": "churn", "permission": "MANAGE"},
-                         {"resource_type": "run", "resource_id": "*", "permission": "READ"}]},
-        {"name": "former-colleague", "state": "absent"}]})
-    assert result.returncode == 0, result.stdout[-3000:]
+def test_an_allow_list_without_the_controller_is_refused():
+    # The host sees this run's SSH connection come from 203.0.113.7: an
+    # allow-list without it would lock the controller out.
+    result = preflight({"hardening_ssh_allow_from": ["192.0.2.0/24", "2001:db8::/32"],
+                        "_hardening_controller_address": "203.0.113.7"})
+    assert result.returncode != 0
+    assert ("hardening_ssh_allow_from (192.0.2.0/24, 2001:db8::/32) does not cover 203.0.113.7"
+            in " ".join(result.stdout.split())), result.stdout[-3000:]
 
 
 @pytest.mark.parametrize("copy", ["mlflow_auth_admin_password", "mlflow_users_admin_password"])
@@ -102,17 +119,14 @@ def test_weak_passwords_are_named_without_their_values():
     assert "Secret" not in result.stdout
 
 
-@pytest.mark.parametrize("extra, message", [
+# Bad input and (part of) the message that names it: each a host of the batch run.
+BAD = [
     ({"hardening_admin_authorized_keys": []}, "hardening_admin_authorized_keys must list at least one public SSH key"),
     ({"hardening_admin_authorized_keys": ["not a key"]}, "hardening_admin_authorized_keys must list at least one public SSH key"),
     ({"hardening_ssh_port": 70000}, "hardening_ssh_port: 70000 is not a TCP port"),
     ({"hardening_ssh_port": "ssh"}, "hardening_ssh_port"),
     ({"hardening_ssh_allow_from": []}, "hardening_ssh_allow_from is empty"),
     ({"hardening_ssh_allow_from": ["10.0.0.0/33"]}, "hardening_ssh_allow_from: '10.0.0.0/33' is neither"),
-    # The host sees this run's SSH connection come from 203.0.113.7: an
-    # allow-list without it would lock the controller out.
-    ({"hardening_ssh_allow_from": ["192.0.2.0/24", "2001:db8::/32"], "_hardening_controller_address": "203.0.113.7"},
-     "hardening_ssh_allow_from (192.0.2.0/24, 2001:db8::/32) does not cover 203.0.113.7"),
     ({"mlflow_service_allow_from": ["any"]}, "mlflow_service_allow_from: 'any' is not an IP address or CIDR"),
     ({"mlflow_service_allow_from": ["10.0.0.0/40"]}, "mlflow_service_allow_from: '10.0.0.0/40' is not an IP address or CIDR"),
     ({"mlflow_proxy_metrics_allow_from": ["prometheus.internal"]},
@@ -204,9 +218,12 @@ def test_weak_passwords_are_named_without_their_values():
     ({"mlflow_gc_older_than_days": 0}, "mlflow_gc_older_than_days: 0 must be at least 1"),
     ({"mlflow_gc_schedule": "*/0 * * * *"}, "mlflow_gc_schedule: '*/0 * * * *' is not a cron schedule"),
     ({"mlflow_gc_schedule": "0 3 * *"}, "mlflow_gc_schedule: '0 3 * *' is not a cron schedule"),
-])
-def test_bad_input_is_refused(extra, message):
-    result = preflight(extra)
-    assert result.returncode != 0
-    # The callback wraps long messages: compare with whitespace folded.
-    assert message in " ".join(result.stdout.split()), result.stdout[-3000:]
+]
+
+
+@pytest.mark.parametrize("index", range(len(BAD)), ids=[message[:60] for _, message in BAD])
+def test_bad_input_is_refused(batch, index):
+    message = BAD[index][1]
+    result = batch[f"bad {index}"]
+    assert result["failed"]
+    assert message in result["text"], result["text"][-3000:]
