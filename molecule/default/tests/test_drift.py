@@ -159,10 +159,23 @@ DRIFTS = {
         "mlflow_proxy : Disable the other sites",
         "! grep -rqs not-mlflow /etc/nginx/conf.d",
     ),
-    "proxy: the TLS private key deleted": (
-        "rm /etc/ssl/mlflow/mlflow.key",
+    "proxy: the TLS private key made readable by everybody": (
+        "chmod 644 /etc/ssl/mlflow/mlflow.key",
         "mlflow_proxy : Generate the private key",
         "[ \"$(stat -c %U:%a /etc/ssl/mlflow/mlflow.key)\" = root:600 ]",
+    ),
+    # The two certificate drifts each name their own task: the mode is kept
+    # before the certificate is compared (and replaced).
+    "proxy: the certificate made readable by root only": (
+        "chmod 600 /etc/ssl/mlflow/mlflow.crt",
+        "mlflow_proxy : Keep the certificate's owner and mode",
+        "[ \"$(stat -c %U:%a /etc/ssl/mlflow/mlflow.crt)\" = root:644 ]",
+    ),
+    "proxy: the certificate replaced by one of another name and key": (
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout /dev/null"
+        " -out /etc/ssl/mlflow/mlflow.crt -subj /CN=not-mlflow -days 30",
+        "mlflow_proxy : Self-sign the certificate",
+        "! openssl x509 -in /etc/ssl/mlflow/mlflow.crt -noout -subject | grep -q not-mlflow",
     ),
     "proxy: the MLflow site edited": (
         "sed -i 's/client_max_body_size [^;]*;/client_max_body_size 1k;/' /etc/nginx/sites-available/mlflow.conf",
