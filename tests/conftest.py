@@ -49,7 +49,10 @@ def preflight_batch(tmp_path: Path, cases: dict[str, dict]) -> dict[str, dict]:
     playbook = tmp_path / "playbooks" / "preflight.yml"
     playbook.write_text(yaml.safe_dump([play], sort_keys=False))
     local = {"ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}"}
-    hosts = {f"case-{index}": {**local, **case} for index, case in enumerate(cases.values())}
+    # Host names unique to this batch: two batches on two pytest workers
+    # share the controller's fact cache.
+    names = {name: f"{tmp_path.name}-{index}" for index, name in enumerate(cases)}
+    hosts = {names[name]: {**local, **case} for name, case in cases.items()}
     inventory = tmp_path / "hosts.json"
     inventory.write_text(json.dumps({"all": {"children": {"mlflow_servers": {"hosts": hosts}}}}))
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
@@ -65,8 +68,7 @@ def preflight_batch(tmp_path: Path, cases: dict[str, dict]) -> dict[str, dict]:
             if result.get("failed") or result.get("unreachable"):
                 messages[host].append(str(result.get("msg", "")))
     results = {}
-    for index, name in enumerate(cases):
-        host = f"case-{index}"
+    for name, host in names.items():
         stats = report["stats"].get(host, {})
         results[name] = {"failed": bool(stats.get("failures") or stats.get("unreachable")) or host not in report["stats"],
                          "text": " ".join(" ".join(messages[host]).split())}
