@@ -16,11 +16,15 @@ def root() -> Path:
     return ROOT
 
 
+def ansible_env(env: dict | None = None) -> dict:
+    """The environment every Ansible command of these tests runs with."""
+    return {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", **(env or {})}
+
+
 def ansible(cmd: list[str], env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", **(env or {})}
     # Errors go to stderr, the recap to stdout: keep both, in order.
     return subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=full_env, timeout=timeout)
+                          env=ansible_env(env), timeout=timeout)
 
 
 def preflight_batch(tmp_path: Path, cases: dict[str, dict]) -> dict[str, dict]:
@@ -55,10 +59,10 @@ def preflight_batch(tmp_path: Path, cases: dict[str, dict]) -> dict[str, dict]:
     hosts = {names[name]: {**local, **case} for name, case in cases.items()}
     inventory = tmp_path / "hosts.json"
     inventory.write_text(json.dumps({"all": {"children": {"mlflow_servers": {"hosts": hosts}}}}))
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json"}
+    # Apart from ansible(): the json report must not mix with stderr's warnings.
     run = subprocess.run(["ansible-playbook", str(playbook), "-i", str(inventory), "--check", "--tags", "preflight"],
-                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+                         cwd=ROOT, capture_output=True, text=True, timeout=900,
+                         env=ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json"}))
     # The report, then what other callbacks print (the timer's line).
     assert "{" in run.stdout, (run.stdout + run.stderr)[-3000:]
     report, _ = json.JSONDecoder().raw_decode(run.stdout[run.stdout.index("{"):])
