@@ -6,7 +6,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
+
+from site_batch import json_report, refusal_text, site_plays, write_playbook
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,26 +33,13 @@ def preflight_batch(tmp_path: Path, cases: dict[str, dict]) -> dict[str, dict]:
     mode, against one inventory host per case (each the controller itself,
     connection local) with the case's variables as its host variables.
 
-    The play is taken from playbooks/site.yml as it is, with one keyword
-    changed: any_errors_fatal off, so that one case's refusal does not stop
-    the others. Host variables rank below a role's vars/ and set_fact, so a
-    case that sets an internal (underscore) variable must run alone, with -e.
+    The play is site.yml's with any_errors_fatal off (site_batch.py says why,
+    and which inputs cannot be batched).
 
     Returns, per case: `failed` (the host failed a task) and `text` (the
     messages of its failed tasks, white space folded, as the callback's
     wrapping would otherwise split them)."""
-    assert not [name for name, case in cases.items() if any(key.startswith("_") for key in case)]
-    site = yaml.safe_load((ROOT / "playbooks" / "site.yml").read_text())
-    play = site[0]
-    assert play["name"] == "Preflight" and play["any_errors_fatal"] is True
-    play["any_errors_fatal"] = False
-    # The play reads the roles' specs relative to the playbook's directory
-    # and its group_vars next to it: the same layout, by links.
-    (tmp_path / "playbooks").mkdir()
-    (tmp_path / "playbooks" / "group_vars").symlink_to(ROOT / "group_vars")
-    (tmp_path / "roles").symlink_to(ROOT / "roles")
-    playbook = tmp_path / "playbooks" / "preflight.yml"
-    playbook.write_text(yaml.safe_dump([play], sort_keys=False))
+    playbook = write_playbook(tmp_path, site_plays(list(cases.values()))[:1])
     local = {"ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}"}
     # Host names unique to this batch: two batches on two pytest workers
     # share the controller's fact cache.
@@ -63,17 +51,10 @@ def preflight_batch(tmp_path: Path, cases: dict[str, dict]) -> dict[str, dict]:
     run = subprocess.run(["ansible-playbook", str(playbook), "-i", str(inventory), "--check", "--tags", "preflight"],
                          cwd=ROOT, capture_output=True, text=True, timeout=900,
                          env=ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json"}))
-    # The report, then what other callbacks print (the timer's line).
-    assert "{" in run.stdout, (run.stdout + run.stderr)[-3000:]
-    report, _ = json.JSONDecoder().raw_decode(run.stdout[run.stdout.index("{"):])
-    messages: dict[str, list[str]] = {host: [] for host in hosts}
-    for task in report["plays"][0]["tasks"]:
-        for host, result in task["hosts"].items():
-            if result.get("failed") or result.get("unreachable"):
-                messages[host].append(str(result.get("msg", "")))
+    report = json_report(run)
     results = {}
     for name, host in names.items():
         stats = report["stats"].get(host, {})
         results[name] = {"failed": bool(stats.get("failures") or stats.get("unreachable")) or host not in report["stats"],
-                         "text": " ".join(" ".join(messages[host]).split())}
+                         "text": refusal_text(report, host)}
     return results

@@ -5,15 +5,15 @@ same kinds, and more, on the controller).
 
 All of them are refused by one run: one inventory host per bad input, each
 an alias of debian13 (its address, login, host key and cached facts) whose
-host variables carry the input. The playbook is playbooks/site.yml as it
-is, with one keyword changed: the Preflight play's any_errors_fatal is off,
-so that one alias's refusal does not cut the others' short (with it on, the
-first refusal stops the whole run, as tests/test_preflight*.py show). A
-host refused in the Preflight play takes no part in the plays after it."""
+host variables carry the input. The playbook is playbooks/site.yml with the
+Preflight play's any_errors_fatal off (tests/site_batch.py, shared with the
+controller-side batches): one alias's refusal does not cut the others'
+short, and a refused alias takes no part in the plays after it."""
 import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,9 +21,12 @@ import yaml
 
 from conftest import ip_of
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
+
+from site_batch import json_report, refusal_text, site_plays, write_playbook  # noqa: E402
+
 testinfra_hosts = ["podman://debian13"]
 TARGET = "debian13"
-ROOT = Path(__file__).resolve().parents[3]
 
 # (host variables, what the message must say). The scenario's own group_vars
 # are valid (S3 artifacts and backups, static AWS keys); each entry breaks one
@@ -84,21 +87,10 @@ CHANGED_FILES = (
 )
 
 
-def refuse_all(tmp: Path) -> tuple[dict, dict]:
+def refuse_all(tmp: Path) -> dict:
     """One run of the site over every bad input; returns the json callback's
-    report and the alias host of each input."""
-    assert not [extra for extra, _ in BAD_INPUTS if any(key.startswith("_") for key in extra)], \
-        "host variables rank below a role's vars/: an internal variable cannot be set this way"
-    site = yaml.safe_load((ROOT / "playbooks" / "site.yml").read_text())
-    assert site[0]["name"] == "Preflight" and site[0]["any_errors_fatal"] is True
-    site[0]["any_errors_fatal"] = False
-    # The Preflight play reads the roles' specs next to the playbook's
-    # directory, and the site's group_vars sit next to it: the same layout.
-    (tmp / "playbooks").mkdir()
-    (tmp / "playbooks" / "group_vars").symlink_to(ROOT / "playbooks" / "group_vars")
-    (tmp / "roles").symlink_to(ROOT / "roles")
-    playbook = tmp / "playbooks" / "site.yml"
-    playbook.write_text(yaml.safe_dump(site, sort_keys=False))
+    report."""
+    playbook = write_playbook(tmp, site_plays([extra for extra, _ in BAD_INPUTS]))
 
     molecule_inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"])
     login = yaml.safe_load(molecule_inventory.read_text())["all"]["hosts"][TARGET]
@@ -126,11 +118,8 @@ def refuse_all(tmp: Path) -> tuple[dict, dict]:
     finally:
         for name in aliases:
             (facts / f"{prefix}{name}").unlink(missing_ok=True)
-    # The report, then what other callbacks print (the timer's line).
-    assert "{" in run.stdout, (run.stdout + run.stderr)[-3000:]
-    report, _ = json.JSONDecoder().raw_decode(run.stdout[run.stdout.index("{"):])
     assert run.returncode != 0
-    return report, {i: alias_name(i) for i in range(len(BAD_INPUTS))}
+    return json_report(run)
 
 
 def alias_name(index: int) -> str:
@@ -143,9 +132,8 @@ def refused(host, tmp_path_factory):
     marker = "/run/bad-input-marker"
     host.run_expect([0], f"touch {marker}")
     before = host.check_output(FINGERPRINT)
-    report, aliases = refuse_all(tmp_path_factory.mktemp("bad_inputs"))
-    return (report, aliases), before, host.check_output(FINGERPRINT), \
-        host.check_output(CHANGED_FILES.format(marker=marker))
+    report = refuse_all(tmp_path_factory.mktemp("bad_inputs"))
+    return report, before, host.check_output(FINGERPRINT), host.check_output(CHANGED_FILES.format(marker=marker))
 
 
 def test_at_least_thirty_kinds_of_bad_input():
@@ -156,15 +144,13 @@ def test_at_least_thirty_kinds_of_bad_input():
 @pytest.mark.parametrize("index", range(len(BAD_INPUTS)),
                          ids=[f"{i:02d}-{next(iter(e))}" for i, (e, _) in enumerate(BAD_INPUTS)])
 def test_bad_input_is_refused_naming_the_variable(refused, index):
-    (report, aliases), _, _, _ = refused
+    report = refused[0]
     extra, message = BAD_INPUTS[index]
-    alias = aliases[index]
+    alias = alias_name(index)
     stats = report["stats"].get(alias, {})
     assert stats.get("failures") and not stats.get("unreachable"), (extra, stats)
-    failed = [str(result.get("msg", "")) for task in report["plays"][0]["tasks"]
-              for host, result in task["hosts"].items() if host == alias and result.get("failed")]
-    # Messages compared with white space folded.
-    assert message in " ".join(" ".join(failed).split()), (extra, failed)
+    text = refusal_text(report, alias)
+    assert message in text, (extra, text)
     # The preflight stopped this host: no task of a later play ran on it.
     later = [task["task"]["name"] for play in report["plays"][1:] for task in play["tasks"] if alias in task["hosts"]]
     assert later == [], (extra, later)
