@@ -9,11 +9,12 @@ export CONTAINERS_CONF := $(CURDIR)/images/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export MOLECULE_GLOB := molecule/*/molecule.yml
 # Scenarios that run in `make test` (the ec2 one needs an AWS account), in
-# this order; `a+b` runs b next to a (scripts/molecule-scenarios). upgrade's
-# one host runs next to default's three: together they keep both CPUs of a
-# 2-CPU machine busy where each alone waits on its hosts. postgresql runs
-# alone: its load test measures what the machine gives the server.
-SCENARIOS ?= default+upgrade postgresql
+# this order; `a+b` runs b next to a, `a+b,c` runs b then c next to a
+# (scripts/molecule-scenarios). upgrade's one host, then sso's, run next to
+# default's three: together they keep both CPUs of a 2-CPU machine busy where
+# each alone waits on its hosts. postgresql runs alone: its load test
+# measures what the machine gives the server.
+SCENARIOS ?= default+upgrade,sso postgresql
 
 .PHONY: help host-packages venv images test lint unit molecule sandbox sandbox-destroy ui-check constraints
 
@@ -55,7 +56,7 @@ unit: venv ## fast controller-side tests (input validation, inventories, AWS pla
 molecule: venv images ## the Molecule scenarios on EC2-like containers
 	@scripts/molecule-scenarios $(SCENARIOS)
 
-sandbox: venv images ## bring up a local EC2-like host running the whole stack
+sandbox: venv images ## bring up a local EC2-like host running the whole stack (SANDBOX_AUTH=oidc: single sign-on, mock provider)
 	scripts/sandbox up
 
 sandbox-destroy: ## remove the sandbox host

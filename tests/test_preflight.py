@@ -48,6 +48,17 @@ PASSING = {
                          {"resource_type": "registered_model", "resource_id": "churn", "permission": "MANAGE"},
                          {"resource_type": "run", "resource_id": "*", "permission": "READ"}]},
         {"name": "former-colleague", "state": "absent"}]},
+    "single sign-on with groups": {
+        "mlflow_common_auth_mode": "oidc", "mlflow_proxy_server_names": ["mlflow.example.com"],
+        "mlflow_auth_oidc_discovery_url": "https://login.example.com/realms/ml/.well-known/openid-configuration",
+        "mlflow_auth_oidc_client_id": "mlflow", "vault_mlflow_oidc_client_secret": "s3cr3t",
+        "vault_mlflow_oidc_session_secret": "k" * 32,
+        "mlflow_auth_oidc_editor_groups": ["ml-team"], "mlflow_auth_oidc_reader_groups": ["analysts"]},
+    "single sign-on with a test provider on plain HTTP": {
+        "mlflow_common_auth_mode": "oidc", "mlflow_auth_oidc_discovery_url": "http://10.88.0.9:9400/.well-known/openid-configuration",
+        "mlflow_auth_oidc_verify_tls": False, "mlflow_auth_oidc_client_id": "mlflow",
+        "mlflow_auth_oidc_redirect_uri": "https://10.88.0.8/callback",
+        "vault_mlflow_oidc_client_secret": "s3cr3t", "vault_mlflow_oidc_session_secret": "k" * 32},
 }
 
 
@@ -119,8 +130,29 @@ def test_weak_passwords_are_named_without_their_values():
     assert "Secret" not in result.stdout
 
 
+OIDC = {"mlflow_common_auth_mode": "oidc", "mlflow_proxy_server_names": ["mlflow.example.com"],
+        "mlflow_auth_oidc_discovery_url": "https://login.example.com/.well-known/openid-configuration",
+        "mlflow_auth_oidc_client_id": "mlflow", "vault_mlflow_oidc_client_secret": "s3cr3t",
+        "vault_mlflow_oidc_session_secret": "k" * 32}
+
 # Bad input and (part of) the message that names it: each a host of the batch run.
 BAD = [
+    ({"mlflow_common_auth_mode": "saml"}, "mlflow_common_auth_mode"),
+    ({**OIDC, "mlflow_auth_oidc_discovery_url": ""}, "mlflow_auth_oidc_discovery_url: '' must be the provider's https:// discovery URL"),
+    ({**OIDC, "mlflow_auth_oidc_discovery_url": "http://login.example.com/.well-known/openid-configuration"},
+     "plain http:// only with mlflow_auth_oidc_verify_tls false"),
+    ({**OIDC, "mlflow_auth_oidc_client_id": ""}, "mlflow_auth_oidc_client_id is required with mlflow_common_auth_mode oidc"),
+    ({**OIDC, "vault_mlflow_oidc_client_secret": ""}, "mlflow_auth_oidc_client_secret is required"),
+    ({**OIDC, "vault_mlflow_oidc_session_secret": "too-short"}, "mlflow_auth_oidc_session_secret must have at least 32 characters"),
+    ({**OIDC, "mlflow_auth_oidc_redirect_uri": "http://mlflow.example.com/callback"},
+     "mlflow_auth_oidc_redirect_uri: 'http://mlflow.example.com/callback' must be"),
+    ({**OIDC, "mlflow_auth_oidc_admin_groups": []}, "mlflow_auth_oidc_admin_groups must name at least one group"),
+    ({**OIDC, "mlflow_auth_oidc_reader_groups": ["a,b"]}, "a group name may not be empty or contain a comma"),
+    ({**OIDC, "mlflow_common_database_engine": "postgresql", "vault_mlflow_database_password": "x" * 20},
+     "mlflow_common_auth_mode oidc works with mlflow_common_database_engine sqlite only"),
+    ({**OIDC, "mlflow_proxy_enabled": False}, "mlflow_common_auth_mode oidc needs the TLS proxy"),
+    ({**OIDC, "mlflow_users_list": [{"name": "bob", "password": "correct-horse-battery"}]},
+     "mlflow_users_list must be empty with mlflow_common_auth_mode oidc"),
     ({"hardening_admin_authorized_keys": []}, "hardening_admin_authorized_keys must list at least one public SSH key"),
     ({"hardening_admin_authorized_keys": ["not a key"]}, "hardening_admin_authorized_keys must list at least one public SSH key"),
     ({"hardening_ssh_port": 70000}, "hardening_ssh_port: 70000 is not a TCP port"),
