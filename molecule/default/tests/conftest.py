@@ -7,9 +7,13 @@ controller against the container's address on podman's network.
 """
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "resources"))
+from scenario_fixtures import ephemeral_dir  # noqa: E402,F401  (a fixture)
 
 SCENARIO_HOSTS = ["debian12", "debian13"]
 # Successful logins are cached per worker for this long
@@ -38,15 +42,6 @@ def pytest_generate_tests(metafunc):
     # Every test that takes `host` runs once per platform of the scenario.
     if "host" in metafunc.fixturenames and not hasattr(metafunc.module, "testinfra_hosts"):
         metafunc.module.testinfra_hosts = [f"podman://{name}" for name in SCENARIO_HOSTS]
-
-
-@pytest.fixture(scope="session")
-def ephemeral_dir() -> Path:
-    """Where prepare.yml left this run's generated key and secrets."""
-    path = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
-    if not path:
-        pytest.fail("MOLECULE_EPHEMERAL_DIRECTORY is not set: run the checks through `molecule verify`")
-    return Path(path)
 
 
 @pytest.fixture(scope="session")

@@ -4,15 +4,18 @@ The MLflow host is addressed as podman://sso-debian12 (testinfra runs `podman
 exec`); MLflow is reached from the controller through the HTTPS proxy at the
 container's address, the mock provider at sso-idp's address, port 9400.
 """
-import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
 import urllib3
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "resources"))
+from scenario_fixtures import admin_password, ephemeral_dir, seeded  # noqa: E402,F401  (fixtures)
 
 HOST = "sso-debian12"
 IDP = "sso-idp"
@@ -38,26 +41,8 @@ def address(name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def ephemeral_dir() -> Path:
-    path = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
-    if not path:
-        pytest.fail("MOLECULE_EPHEMERAL_DIRECTORY is not set: run the checks through `molecule verify`")
-    return Path(path)
-
-
-@pytest.fixture(scope="session")
-def admin_password(ephemeral_dir) -> str:
-    return (ephemeral_dir / "admin_password").read_text().split()[0]
-
-
-@pytest.fixture(scope="session")
 def client_secret(ephemeral_dir) -> str:
     return (ephemeral_dir / "oidc_client_secret").read_text().split()[0]
-
-
-@pytest.fixture(scope="session")
-def seeded(ephemeral_dir) -> dict:
-    return json.loads((ephemeral_dir / "seeded.json").read_text())
 
 
 @pytest.fixture(scope="session")

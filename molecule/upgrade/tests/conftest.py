@@ -15,29 +15,13 @@ import pytest
 HOST = "upgrade-debian12"
 testinfra_hosts = [f"podman://{HOST}"]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "resources"))
+from scenario_fixtures import admin_password, ephemeral_dir, seeded  # noqa: E402,F401  (fixtures)
 
 
 def pytest_generate_tests(metafunc):
     if "host" in metafunc.fixturenames and not hasattr(metafunc.module, "testinfra_hosts"):
         metafunc.module.testinfra_hosts = testinfra_hosts
-
-
-@pytest.fixture(scope="session")
-def ephemeral_dir() -> Path:
-    path = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
-    if not path:
-        pytest.fail("MOLECULE_EPHEMERAL_DIRECTORY is not set: run the checks through `molecule verify`")
-    return Path(path)
-
-
-@pytest.fixture(scope="session")
-def admin_password(ephemeral_dir) -> str:
-    return (ephemeral_dir / "admin_password").read_text().split()[0]
-
-
-@pytest.fixture(scope="session")
-def seeded(ephemeral_dir) -> dict:
-    return json.loads((ephemeral_dir / "seeded.json").read_text())
 
 
 @pytest.fixture(scope="session")
