@@ -148,6 +148,14 @@ DRIFTS = {
         "mlflow_gc : Schedule the gc as the service user",
         "grep -q 'mlflow /usr/local/sbin/mlflow-gc' /etc/cron.d/mlflow-gc",
     ),
+    # Leaving WAL needs the database to itself: the server is stopped for it.
+    "tracking database: back on a rollback journal (switched by hand)": (
+        "systemctl stop mlflow && runuser -u mlflow -- python3 -c \"import sqlite3; "
+        "sqlite3.connect('/var/lib/mlflow/mlflow.db').execute('PRAGMA journal_mode=DELETE')\" && systemctl start mlflow",
+        "mlflow_service : Keep the SQLite databases in WAL mode",
+        "runuser -u mlflow -- python3 -c \"import sqlite3; "
+        "print(sqlite3.connect('/var/lib/mlflow/mlflow.db').execute('PRAGMA journal_mode').fetchone()[0])\" | grep -qx wal",
+    ),
     "proxy: the default site enabled again": (
         "ln -s /etc/nginx/sites-available/default /etc/nginx/sites-enabled/default",
         "mlflow_proxy : Disable the other sites",

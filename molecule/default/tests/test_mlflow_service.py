@@ -185,6 +185,29 @@ def test_secret_key_not_on_the_command_line(host):
     assert secret and secret not in cmdline and secret not in unit
 
 
+JOURNAL_MODE = "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('PRAGMA journal_mode').fetchone()[0])"
+
+
+@pytest.mark.parametrize("db", ["mlflow.db", "auth.db"])
+def test_sqlite_databases_are_written_through_the_wal_by_the_service_user(host, db):
+    path = f"/var/lib/mlflow/{db}"
+    # The mode as SQLite reads it, in a connection of the service user.
+    assert host.check_output(f"runuser -u mlflow -- python3 -c {shlex.quote(JOURNAL_MODE)} {path}") == "wal"
+    # A write (and a sign-in) through the server: it went through the WAL,
+    # whose files are the service user's and as private as the database.
+    auth = admin(host)
+    name = f"testinfra-wal-{os.getpid()}-{db}"
+    status, body = http(host, "POST", "/api/2.0/mlflow/experiments/create", {"name": name}, auth)
+    assert status == 200, body
+    http(host, "POST", "/api/2.0/mlflow/experiments/delete", {"experiment_id": json.loads(body)["experiment_id"]}, auth)
+    database = host.file(path)
+    for side in ("-wal", "-shm"):
+        f = host.file(path + side)
+        assert f.exists, f"{path}{side} missing: the server does not write through the WAL"
+        assert (f.user, f.group, f.mode) == (database.user, database.group, database.mode), side
+    assert database.user == "mlflow" and database.mode & 0o007 == 0
+
+
 def test_restart_comes_back_healthy_with_data_intact(host):
     auth = admin(host)
     name = f"testinfra-restart-{os.getpid()}"
