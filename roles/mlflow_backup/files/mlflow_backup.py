@@ -504,11 +504,17 @@ class Backup:
 
     @staticmethod
     def sqlite_swap(db, source, aside):
+        """The archive's database in place of the live one, which goes aside
+        with its -journal/-wal/-shm files (a stale -wal left beside the
+        restored file would be replayed into it). The restored file keeps the
+        journal mode of the one it replaces (WAL, as the mlflow_service role
+        sets it): an archive made before WAL comes back in WAL mode too."""
         directory = os.path.dirname(db.path)
-        mode, uid, gid = 0o600, None, None
+        mode, uid, gid, wal = 0o600, None, None, False
         if os.path.exists(db.path):
             st = os.stat(db.path)
             mode, uid, gid = st.st_mode & 0o777, st.st_uid, st.st_gid
+            wal = sqlite_header_is_wal(db.path)
         else:
             st = os.stat(directory)
             uid, gid = st.st_uid, st.st_gid
@@ -517,6 +523,19 @@ class Backup:
         os.chmod(staged, mode)
         if os.geteuid() == 0:
             os.chown(staged, uid, gid)
+        if wal and not sqlite_header_is_wal(staged):
+            try:
+                connection = sqlite3.connect(staged)
+                try:
+                    connection.execute("PRAGMA journal_mode=WAL")
+                finally:
+                    connection.close()
+            except sqlite3.Error as exc:
+                raise Failure(EXIT_DB, f"the restored {db.name} database {db.label} "
+                                       f"cannot be put in WAL mode: {exc}") from exc
+            for suffix in SQLITE_SIDE_FILES:
+                if os.path.exists(staged + suffix):
+                    os.remove(staged + suffix)
         for suffix in ("",) + SQLITE_SIDE_FILES:
             current = db.path + suffix
             if os.path.exists(current):
@@ -533,6 +552,12 @@ class Backup:
 
 
 # --- archive checks -----------------------------------------------------------------------
+def sqlite_header_is_wal(path):
+    """WAL mode, as SQLite keeps it: bytes 18 and 19 of the header are 2."""
+    with open(path, "rb") as handle:
+        return handle.read(20)[18:20] == b"\x02\x02"
+
+
 def sha256_of(path):
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
