@@ -41,7 +41,12 @@ With --podman NAME (a container running mlflow.service) or
 from /proc: it works with cgroup v1 and v2 alike) and the throughput is put
 against the machine's
 limit: ceiling req/s = cores / server CPU s per request, ratio = req/s / ceiling
-(the share of the cores the server used; nginx not included).
+(the share of the cores the server used; nginx not included). With --podman
+(the container shares this machine's cores with this client) nginx's CPU is
+read too, and two more figures say where the rest of the cores went: the
+machine's busy share, (server + nginx + client CPU) / (cores x duration), and
+the ratio to what nginx and the client left the server,
+server CPU / (cores x duration - nginx CPU - client CPU).
 
 The script talks HTTP(S) to --url only (no redirects followed, no proxy from
 the environment); the password comes from --password-file or the environment
@@ -398,12 +403,12 @@ class ServerCpu:
     """Cumulative CPU seconds of the server: its process tree's /proc times via
     podman exec, or a command."""
 
-    def __init__(self, args):
+    def __init__(self, args, unit=None):
         self.cmd = None
         self.cores = args.cores
         if args.podman:
             podman = shutil.which("podman") or "podman"
-            self.cmd = [podman, "exec", args.podman, "python3", "-c", TREE_CPU, args.unit]
+            self.cmd = [podman, "exec", args.podman, "python3", "-c", TREE_CPU, unit or args.unit]
             if not self.cores:
                 out = subprocess.run([podman, "exec", args.podman, "nproc"], capture_output=True, text=True,
                                      timeout=60)
@@ -473,6 +478,7 @@ def load(args, password):
     watchdog.start()
     try:
         cpu = ServerCpu(args) if args.podman or args.server_cpu_command else None
+        proxy_cpu = ServerCpu(args, "nginx.service") if args.podman else None
         big = None
         if args.big_artifact_mb > 0:
             big_file, size, sha = make_big_file(args.tmpdir, args.big_artifact_mb)
@@ -492,7 +498,8 @@ def load(args, password):
         clients = [Client(args, password, recorder) for _ in plans]
 
         # The server is idle until the clients pass the barrier: its CPU time is read before.
-        clock = {"cpu": cpu.seconds() if cpu else None, "rusage": resource.getrusage(resource.RUSAGE_SELF)}
+        clock = {"cpu": cpu.seconds() if cpu else None, "rusage": resource.getrusage(resource.RUSAGE_SELF),
+                 "proxy_cpu": proxy_cpu.seconds() if proxy_cpu else None}
         barrier = threading.Barrier(len(plans), action=lambda: clock.__setitem__("t0", time.monotonic()))
 
         def worker(i):
@@ -520,6 +527,7 @@ def load(args, password):
         t_end = time.monotonic()
         rusage = resource.getrusage(resource.RUSAGE_SELF)
         cpu_after = cpu.seconds() if cpu else None
+        proxy_cpu_after = proxy_cpu.seconds() if proxy_cpu else None
         load_samples = [s for s in recorder.samples if s[0] == "load"]
         fig["duration_s"] = t_end - clock.get("t0", t_end)
         fig["requests"] = len(load_samples)
@@ -535,6 +543,12 @@ def load(args, password):
             fig["cpu_ceiling_req_per_s"] = cpu.cores / per_req if per_req > 0 else None
             fig["ceiling_ratio"] = fig["req_per_s"] / fig["cpu_ceiling_req_per_s"] \
                 if fig["cpu_ceiling_req_per_s"] else None
+        if proxy_cpu and fig["duration_s"] > 0:
+            fig["proxy_cpu_s"] = proxy_cpu_after - clock["proxy_cpu"]
+            capacity = cpu.cores * fig["duration_s"]
+            fig["machine_busy_share"] = (fig["server_cpu_s"] + fig["proxy_cpu_s"] + fig["client_cpu_s"]) / capacity
+            left = capacity - fig["proxy_cpu_s"] - fig["client_cpu_s"]
+            fig["ratio_to_left"] = fig["server_cpu_s"] / left if left > 0 else None
         log(f"load done: {fig['requests']} requests in {fig['duration_s']:.1f} s; verifying")
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(4, len(plans))) as pool:
@@ -604,6 +618,10 @@ def report(args, fig, recorder, out):
                  ("cores", f"{fig['cores']}"),
                  ("CPU ceiling (req/s) = cores / CPU s per req", _f(fig["cpu_ceiling_req_per_s"])),
                  ("throughput / ceiling", _f(fig["ceiling_ratio"], "{:.2f}"))]
+    if "proxy_cpu_s" in fig:
+        rows += [("nginx CPU (s)", f"{fig['proxy_cpu_s']:.1f}"),
+                 ("machine busy (server+nginx+client)", _f(fig["machine_busy_share"], "{:.2f}")),
+                 ("server CPU / what nginx+client left", _f(fig["ratio_to_left"], "{:.2f}"))]
     for label, value in rows:
         p(f"{label:40} {value:>14}")
     p()
