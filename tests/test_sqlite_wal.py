@@ -114,6 +114,8 @@ def test_restore_over_a_crashed_wal_database_never_replays_its_stale_wal(tmp_pat
     # An archive made before WAL mode: its database has a rollback journal.
     source = archive / "mlflow.db"
     make_db(source, ["old", "from-the-backup"])
+    # An interrupted earlier restore left its staged copy's -wal behind.
+    (data / ".restore-mlflow.db-wal").write_bytes((data / "mlflow.db-wal").read_bytes())
 
     db = types.SimpleNamespace(path=str(live), name="tracking", label="mlflow.db")
     backup_program.Backup.sqlite_swap(db, str(source), str(aside))

@@ -519,6 +519,11 @@ class Backup:
             st = os.stat(directory)
             uid, gid = st.st_uid, st.st_gid
         staged = os.path.join(directory, f".restore-{os.path.basename(db.path)}")
+        # Side files an interrupted restore left beside the staged name would
+        # be replayed into the new copy when it is opened for the WAL switch.
+        for suffix in SQLITE_SIDE_FILES:
+            if os.path.exists(staged + suffix):
+                os.remove(staged + suffix)
         shutil.copyfile(source, staged)
         os.chmod(staged, mode)
         if os.geteuid() == 0:
@@ -533,9 +538,6 @@ class Backup:
             except sqlite3.Error as exc:
                 raise Failure(EXIT_DB, f"the restored {db.name} database {db.label} "
                                        f"cannot be put in WAL mode: {exc}") from exc
-            for suffix in SQLITE_SIDE_FILES:
-                if os.path.exists(staged + suffix):
-                    os.remove(staged + suffix)
         for suffix in ("",) + SQLITE_SIDE_FILES:
             current = db.path + suffix
             if os.path.exists(current):
